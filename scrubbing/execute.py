@@ -54,7 +54,8 @@ class Engine:
         clean_examples = torch.unique(torch.cat(needed)) if needed else torch.zeros(0, dtype=torch.long)
         where = torch.full((n,), -1, dtype=torch.long)
         where[clean_examples] = torch.arange(len(clean_examples))
-        bank = self._clean_bank(clean_examples)
+        bank = self._clean_bank(clean_examples, spare=compiled.count)
+        filled = {name: len(clean_examples) for name in bank}
         self.stats["clean_rows"] += len(clean_examples)
         moved: dict[str, torch.Tensor] = {}  # provisional id - n -> bank index, per site
 
@@ -79,26 +80,31 @@ class Engine:
             unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
             first = torch.full((len(unique),), len(inverse), dtype=torch.long).scatter_reduce(
                 0, inverse, torch.arange(len(inverse)), reduce="amin")
-            computed = self._compute(name, columns, located[first], contexts[first], bank)
+            start = filled[name]
+            self._compute(name, columns, located[first], contexts[first], bank, start)
             self.stats["computed_rows"] += len(unique)
             self.stats["requested_rows"] += len(inverse)
-            moved[name] = len(bank[name]) + inverse
-            bank[name] = torch.cat([bank[name], computed])
+            moved[name] = start + inverse
+            filled[name] = start + len(unique)
         out_site = adapter.output
         return bank[out_site][locate(out_site, output_rows).to(bank[out_site].device)]
 
-    def _clean_bank(self, examples: torch.Tensor) -> dict[str, torch.Tensor]:
-        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in self.adapter.sites}
+    def _clean_bank(self, examples: torch.Tensor, spare: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Every site's clean output on ``examples``, in tensors with room for ``spare[site]`` more
+        rows (the recomputations), so that nothing is copied twice."""
+        bank: dict[str, torch.Tensor] = {}
         for start in range(0, len(examples), self.batch_size):
             batch = self.adapter.clean(self.inputs[examples[start:start + self.batch_size].to(self.inputs.device)])
-            for name in chunks:
-                chunks[name].append(batch[name])
-        return {name: torch.cat(c) if c else torch.zeros(0) for name, c in chunks.items()}
+            for name, value in batch.items():
+                if name not in bank:
+                    rows = len(examples) + spare.get(name, 0)
+                    bank[name] = value.new_empty((rows, *value.shape[1:]))
+                bank[name][start:start + len(value)] = value
+        return bank
 
-    def _compute(self, site: str, columns, rows: torch.Tensor, contexts: torch.Tensor, bank) -> torch.Tensor:
-        """Run ``site`` on each row of gathered parent values, in batches."""
+    def _compute(self, site: str, columns, rows: torch.Tensor, contexts: torch.Tensor, bank, offset: int) -> None:
+        """Run ``site`` on each row of gathered parent values, in batches, into its bank from ``offset``."""
         adapter = self.adapter
-        outputs = []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
             slot_inputs = {}
@@ -106,16 +112,22 @@ class Engine:
                 parts = [_gather(bank[parent], chunk[:, j]) for j, (s, parent) in enumerate(columns) if s == slot]
                 slot_inputs[slot] = adapter.slot_input(site, slot, parts)
             context = contexts[start:start + self.batch_size].to(self.inputs.device)
-            outputs.append(adapter.run(site, slot_inputs, self.inputs[context]))
-        return torch.cat(outputs)
+            bank[site][offset + start:offset + start + len(chunk)] = adapter.run(site, slot_inputs, self.inputs[context])
 
 
 def _gather(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows of a site's bank; ``rows`` is [B, Tr]: one row per position, or one for all (Tr=1)."""
+    """Rows of a site's bank; ``rows`` is [B, Tr]: one row per position, or one for all (Tr=1).
+
+    Per position, row ``r`` at position ``t`` is entry ``r * T + t`` of the bank seen as a
+    list of position vectors: one ``index_select``, several times faster than 2-D indexing.
+    """
     rows = rows.to(values.device)
     if rows.shape[1] == 1:
-        return values[rows[:, 0]]
-    return values[rows, torch.arange(rows.shape[1], device=values.device)]
+        return values.index_select(0, rows[:, 0])
+    width = rows.shape[1]
+    flat = (rows * width + torch.arange(width, device=values.device)).reshape(-1)
+    picked = values.reshape(-1, *values.shape[2:]).index_select(0, flat)
+    return picked.reshape(*rows.shape, *values.shape[2:])
 
 
 class _Compiler:

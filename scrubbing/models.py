@@ -96,10 +96,15 @@ class TinyTransformer(HookedRootModule):
         self.unembed = nn.Linear(cfg.d_model, cfg.n_out or cfg.d_vocab)
         self.setup()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        positions = self.pos_embed[: tokens.shape[1]]
-        resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(positions.expand(tokens.shape[0], -1, -1))
-        for block in self.blocks:
+    def forward(self, tokens: torch.Tensor, start_at_layer: int | None = None) -> torch.Tensor:
+        """Logits; with ``start_at_layer`` (TransformerLens's convention) ``tokens`` is the residual
+        stream entering that block, and the blocks before it are skipped."""
+        if start_at_layer is None:
+            positions = self.pos_embed[: tokens.shape[1]]
+            resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(positions.expand(tokens.shape[0], -1, -1))
+        else:
+            resid = tokens
+        for block in self.blocks[start_at_layer or 0:]:
             resid = block(resid)
         return self.unembed(self.ln_final(resid))
 

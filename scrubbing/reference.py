@@ -1,7 +1,8 @@
 """The oracle: the published algorithm, one reference at a time, with no sharing and no cache tricks.
 
 ``run(n, x)`` from DESIGN.md §2, executing the draws a ``Plan`` recorded. It is slow
-(every instance is a fresh batch-1 model call) and short, so it can be read in one
+(every instance is a fresh batch-1 forward pass from the input, never an adapter's
+shortcut) and short, so it can be read in one
 sitting; the batched engine must agree with it on every plan.
 """
 
@@ -52,7 +53,7 @@ def reference_outputs(plan: Plan, adapter: ModelAdapter, data: Dataset) -> torch
                 slot: adapter.slot_input(recipe.site, slot, [value(site, term) for site, term in entries])
                 for slot, entries in recipe.slots
             }
-            return adapter.run(recipe.site, slots, data.inputs[x:x + 1])
+            return adapter.run(recipe.site, slots, data.inputs[x:x + 1], shortcut=False)
 
         return compute(recipe)
 

@@ -100,6 +100,7 @@ def test_bridge_engine_equals_reference(tmp_path):
     data = random_tokens(30, 4, 6)
     adapter = HookedAdapter.for_bridge(bridge)
     adapter.calibrate(data.inputs)
+    assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}  # the engine starts at each site's block
     h = Hypothesis("bridge", allow_singletons=True)
     h.node("tok", "embed", lambda d: d.inputs % 2)
     h.node("head", "a0.1", lambda d: d.inputs[:, 1] % 2, parents=["tok"])

@@ -7,7 +7,10 @@ hook on exit, even after an exception.
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -28,12 +31,22 @@ class HookRef:
     def read(self, value: torch.Tensor) -> torch.Tensor:
         return value if self.head is None else value[:, :, self.head]
 
-    def write(self, value: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    def write(self, value: torch.Tensor, new: torch.Tensor, others_matter: bool = True) -> torch.Tensor:
+        """``value`` with this ref's part replaced by ``new``; when no other head's part will be
+        read (the site is this one head), every head gets ``new``, which saves a copy."""
         if self.head is None:
             return new.to(value.dtype)
+        if not others_matter:
+            return new.to(value.dtype).unsqueeze(2).expand_as(value)
         value = value.clone()
         value[:, :, self.head] = new.to(value.dtype)
         return value
+
+    @property
+    def layer(self) -> int | None:
+        """The block a ``blocks.{L}.`` hook belongs to."""
+        match = re.match(r"blocks\.(\d+)\.", self.hook)
+        return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,10 @@ class HookedAdapter(ModelAdapter):
         self.output = output
         self.n_positions = None
         self._positional = positional
+        self._starts = {s.name: _starts(s) for s in sites}
+        forward = inspect.signature(model.forward).parameters
+        if "start_at_layer" not in forward:
+            self._starts = {}
         missing = {ref.hook for s in sites for ref in [s.output, *s.slots.values()] if ref} - set(model.hook_dict)
         if missing:
             raise ValueError(f"the model has no hook points named {sorted(missing)}; check the site list.")
@@ -133,6 +150,24 @@ class HookedAdapter(ModelAdapter):
             except _Captured:
                 return captured["value"]
 
+    def _shortcuts(self, site):
+        return [partial(self._from_layer, layer=layer, entry=entry) for layer, entry in self._starts.get(site, [])]
+
+    def _from_layer(self, site, slot_inputs, inputs, layer: int, entry: str):
+        """Start the forward pass at block ``layer`` (TransformerLens's ``start_at_layer``) with the
+        ``entry`` slot as the residual: the slot hooks overwrite everything the site reads."""
+        spec = self.spec[site]
+        alone = spec.output is not None and spec.output.head is not None
+        hooks = [(ref.hook, self._writer(ref, slot_inputs[slot], not alone)) for slot, ref in spec.slots.items()]
+        captured: dict[str, torch.Tensor] = {}
+        if spec.output is not None:
+            hooks.append((spec.output.hook, self._stopper(captured, spec.output)))
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            try:
+                return self.model(slot_inputs[entry], start_at_layer=layer)
+            except _Captured:
+                return captured["value"]
+
     def restore(self) -> None:
         self.model.reset_hooks(including_permanent=False)
 
@@ -143,9 +178,9 @@ class HookedAdapter(ModelAdapter):
         return hook
 
     @staticmethod
-    def _writer(ref: HookRef, new: torch.Tensor):
+    def _writer(ref: HookRef, new: torch.Tensor, others_matter: bool = True):
         def hook(value, hook):
-            return ref.write(value, new)
+            return ref.write(value, new, others_matter)
         return hook
 
     @staticmethod
@@ -154,3 +189,19 @@ class HookedAdapter(ModelAdapter):
             store["value"] = ref.read(value).detach().clone()
             raise _Captured
         return hook
+
+
+def _starts(site: HookedSite) -> list[tuple[int, str]]:
+    """Where a forward pass may start for this site, best first: (block, slot whose value enters it).
+
+    The earliest block any slot is written in; a site that reads only the residual stream
+    after block L (the output) may start after it, with that residual as the input (not every
+    model accepts ``start_at_layer=n_layers``), else at block L, whose output the slot overwrites.
+    """
+    layers = [ref.layer for ref in site.slots.values()]
+    if not layers or any(layer is None for layer in layers):
+        return []
+    entry = next(iter(site.slots))
+    if all(ref.hook.endswith(".hook_resid_post") for ref in site.slots.values()):
+        return [(max(layers) + 1, entry), (min(layers), entry)]
+    return [(min(layers), entry)]

@@ -1,0 +1,98 @@
+"""Adapter shortcuts (start the forward pass at the site) are used only where they reproduce the full pass."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scrubbing import Edge, Hypothesis
+from scrubbing.adapters import HookedAdapter, TorchModuleAdapter
+from scrubbing.models import TinyTransformer
+from scrubbing.sites import Dataset
+
+from .conftest import engine_and_reference, random_tokens, tiny_transformer
+
+
+def _every_site_tree() -> Hypothesis:
+    h = Hypothesis("tree", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs % 2)
+    h.node("prev", "a0.1", lambda d: d.inputs % 3, parents=["tok"])
+    h.node("mix", "m0", lambda d: d.inputs[:, 0] % 2, parents=["prev", Edge("tok", via="direct")])
+    h.node("reader", "a1.0", lambda d: d.inputs[:, -1] % 2, parents=[Edge("mix", into="k"), Edge("prev", into="v")])
+    h.output(parents=["reader", Edge("mix", via="direct")])
+    return h
+
+
+def test_every_transformer_site_but_the_embedding_has_a_shortcut(small):
+    model, data, adapter = small
+    assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}
+    x = data.inputs[:16]
+    outputs, slots = adapter._clean(x, True)
+    for site in adapter.shortcuts:
+        given = {slot: slots[(site, slot)] for slot in adapter.sites[site].slots}
+        torch.testing.assert_close(adapter.run(site, given, x), outputs[site], atol=1e-5, rtol=1e-5)
+
+
+class _WrongStart(TinyTransformer):
+    """``start_at_layer`` accepted but mishandled: the logits come out doubled. Sites inside the
+    blocks are read before the logits, so only the output's shortcuts are wrong."""
+
+    def forward(self, tokens, start_at_layer=None):
+        logits = super().forward(tokens, start_at_layer)
+        return logits if start_at_layer is None else 2 * logits
+
+
+def test_a_wrong_shortcut_is_refused_and_the_engine_stays_exact():
+    right = tiny_transformer(seed=4)
+    wrong = _WrongStart(right.cfg).eval()
+    wrong.load_state_dict(right.state_dict())
+    data = random_tokens(40, 4, 5)
+    adapter = HookedAdapter.for_transformer(wrong, 2, 2)
+    adapter.calibrate(data.inputs[:32])
+    assert set(adapter.shortcuts) == set(adapter.sites) - {"embed", "output"}
+    engine, reference = engine_and_reference(_every_site_tree(), adapter, data, torch.arange(5), seed=2)
+    torch.testing.assert_close(engine, reference, atol=1e-4, rtol=1e-4)
+    assert all(len(hp.fwd_hooks) == 0 for hp in wrong.hook_dict.values())
+
+
+class _Masked(nn.Module):
+    """A readout that also reads a mask computed from the raw tokens: calling it on its slot alone is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(5, 4)
+        self.mix = nn.Linear(4, 4)
+        self.readout = _MaskedReadout()
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        x = x + self.mix(x)
+        return self.readout(x, tokens == 0)
+
+
+class _MaskedReadout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 2)
+
+    def forward(self, x, mask=None):
+        if mask is not None:
+            x = x.masked_fill(mask[..., None], 0.0)
+        return self.proj(x).sum(dim=1)
+
+
+def test_a_module_that_reads_the_raw_input_is_not_shortcut():
+    torch.manual_seed(0)
+    model = _Masked().eval()
+    tokens = torch.randint(0, 5, (50, 3), generator=torch.Generator().manual_seed(1))
+    data = Dataset(tokens, {"label": tokens[:, 0] % 2})
+    adapter = TorchModuleAdapter(model, {"embed": (), "mix": ("embed",), "readout": ("embed", "mix")}, "readout")
+    adapter.calibrate(data.inputs)
+    assert adapter.uses_context
+    assert set(adapter.shortcuts) == {"mix"}  # the readout's mask comes from the tokens, not its slot
+    h = Hypothesis("masked", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs[:, 0] % 2)
+    h.node("mix", "mix", lambda d: d.inputs[:, 1] % 2, parents=["tok"])
+    h.output(parents=["mix"])
+    engine, reference = engine_and_reference(h, adapter, data, torch.arange(6), seed=1)
+    torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
