@@ -122,17 +122,22 @@ class HookedAdapter(ModelAdapter):
         cfg = bridge.cfg
         return cls(bridge, transformer_sites(cfg.n_layers, cfg.n_heads, attn_only=getattr(cfg, "attn_only", False)))
 
-    def _clean(self, inputs, slots_too):
-        outputs: dict[str, torch.Tensor] = {}
-        slots: dict[tuple[str, str], torch.Tensor] = {}
+    def _clean(self, inputs, slots_too, copy=False):
+        """Readings are views of the model's tensors (no copy, as in TransformerLens's caches);
+        should the model modify one in place after its hook, the pass is redone with copies."""
+        readings: dict = {}
         hooks = []
         for spec in self.spec.values():
             if spec.output is not None:
-                hooks.append((spec.output.hook, self._reader(outputs, spec.name, spec.output)))
+                hooks.append((spec.output.hook, self._reader(readings, spec.name, spec.output, copy)))
             for slot, ref in spec.slots.items() if slots_too else ():
-                hooks.append((ref.hook, self._reader(slots, (spec.name, slot), ref)))
+                hooks.append((ref.hook, self._reader(readings, (spec.name, slot), ref, copy)))
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
             result = self.model(inputs)
+        if any(value._version != version for value, version in readings.values()):
+            return self._clean(inputs, slots_too, copy=True)
+        outputs = {key: value for key, (value, _) in readings.items() if isinstance(key, str)}
+        slots = {key: value for key, (value, _) in readings.items() if isinstance(key, tuple)}
         outputs[self.output] = result
         if self._positional and self.n_positions is None:
             self.n_positions = result.shape[1]
@@ -172,9 +177,11 @@ class HookedAdapter(ModelAdapter):
         self.model.reset_hooks(including_permanent=False)
 
     @staticmethod
-    def _reader(store, key, ref: HookRef):
+    def _reader(store, key, ref: HookRef, copy: bool):
         def hook(value, hook):
-            store[key] = ref.read(value).detach().clone()
+            value = ref.read(value).detach()
+            value = value.clone() if copy else value
+            store[key] = (value, value._version)
         return hook
 
     @staticmethod
@@ -186,7 +193,7 @@ class HookedAdapter(ModelAdapter):
     @staticmethod
     def _stopper(store, ref: HookRef):
         def hook(value, hook):
-            store["value"] = ref.read(value).detach().clone()
+            store["value"] = ref.read(value).detach()  # the pass ends here: nothing can change it after
             raise _Captured
         return hook
 

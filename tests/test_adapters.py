@@ -1,12 +1,15 @@
-"""Adapter shortcuts (start the forward pass at the site) are used only where they reproduce the full pass."""
+"""Adapters: shortcuts (start the forward pass at the site) are used only where they reproduce the full
+pass, and clean readings survive a model that modifies its tensors in place."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
 
 from scrubbing import Edge, Hypothesis
-from scrubbing.adapters import HookedAdapter, TorchModuleAdapter
+from scrubbing.adapters import HookedAdapter, HookedSite, HookRef, TorchModuleAdapter
 from scrubbing.models import TinyTransformer
 from scrubbing.sites import Dataset
 
@@ -94,5 +97,43 @@ def test_a_module_that_reads_the_raw_input_is_not_shortcut():
     h.node("tok", "embed", lambda d: d.inputs[:, 0] % 2)
     h.node("mix", "mix", lambda d: d.inputs[:, 1] % 2, parents=["tok"])
     h.output(parents=["mix"])
+    engine, reference = engine_and_reference(h, adapter, data, torch.arange(6), seed=1)
+    torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
+
+
+class _InPlace(HookedRootModule):
+    """Zeroes a hooked activation in place after its hook has run (legal, if unkind)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.lin, self.out = nn.Embedding(5, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.hook_embed, self.hook_lin_in, self.hook_lin, self.hook_out_in = (HookPoint() for _ in range(4))
+        self.setup()
+
+    def forward(self, tokens):
+        e = self.hook_embed(self.embed(tokens))
+        h = self.hook_lin(self.lin(self.hook_lin_in(e.clone())))
+        logits = self.out(self.hook_out_in(e + h))
+        h.mul_(0.0)
+        return logits
+
+
+def test_clean_readings_survive_in_place_changes():
+    torch.manual_seed(0)
+    model = _InPlace().eval()
+    sites = [HookedSite("embed", HookRef("hook_embed"), {}, ()),
+             HookedSite("lin", HookRef("hook_lin"), {"in": HookRef("hook_lin_in")}, ("embed",)),
+             HookedSite("output", None, {"in": HookRef("hook_out_in")}, ("embed", "lin"))]
+    tokens = torch.randint(0, 5, (40, 3), generator=torch.Generator().manual_seed(2))
+    data = Dataset(tokens, {"label": tokens[:, 0] % 2})
+    adapter = HookedAdapter(model, sites)
+    adapter.calibrate(data.inputs)
+    with torch.no_grad():
+        expected = model.lin(model.embed(tokens))
+    torch.testing.assert_close(adapter.clean(tokens)["lin"], expected)
+    h = Hypothesis("in place", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs[:, 0] % 2)
+    h.node("lin", "lin", lambda d: d.inputs[:, 1] % 2, parents=["tok"])
+    h.output(parents=["lin"])
     engine, reference = engine_and_reference(h, adapter, data, torch.arange(6), seed=1)
     torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
