@@ -47,15 +47,12 @@ class Engine:
     def _execute(self, compiled: "_Compiler", output_rows: torch.Tensor) -> torch.Tensor:
         adapter, n = self.adapter, len(self.data)
         pending = compiled.pending
-        needed = [output_rows[output_rows < n]]
-        for requests in pending.values():
-            for _, keys in requests:
-                needed.append(keys[keys < n])
-        clean_examples = torch.unique(torch.cat(needed)) if needed else torch.zeros(0, dtype=torch.long)
+        depth = self._clean_depth(compiled, output_rows)
+        clean_examples = torch.nonzero(depth >= 0)[:, 0]
         where = torch.full((n,), -1, dtype=torch.long)
         where[clean_examples] = torch.arange(len(clean_examples))
-        bank = self._clean_bank(clean_examples, spare=compiled.count)
-        filled = {name: len(clean_examples) for name in bank}
+        bank = self._clean_bank(clean_examples, depth[clean_examples], spare=compiled.count)
+        filled = {name: len(clean_examples) for name in adapter.sites}
         self.stats["clean_rows"] += len(clean_examples)
         moved: dict[str, torch.Tensor] = {}  # provisional id - n -> bank index, per site
 
@@ -89,17 +86,40 @@ class Engine:
         out_site = adapter.output
         return bank[out_site][locate(out_site, output_rows).to(bank[out_site].device)]
 
-    def _clean_bank(self, examples: torch.Tensor, spare: dict[str, int]) -> dict[str, torch.Tensor]:
-        """Every site's clean output on ``examples``, in tensors with room for ``spare[site]`` more
-        rows (the recomputations), so that nothing is copied twice."""
+    def _clean_depth(self, compiled: "_Compiler", output_rows: torch.Tensor) -> torch.Tensor:
+        """Per example, the last site (index in ``adapter.sites``) whose clean value on it is read; -1: none."""
+        n, order = len(self.data), {name: i for i, name in enumerate(self.adapter.sites)}
+        depth = torch.full((n,), -1, dtype=torch.long)
+
+        def need(site: str, ids: torch.Tensor) -> None:
+            ids = ids[ids < n]
+            depth.scatter_reduce_(0, ids, torch.full_like(ids, order[site]), reduce="amax")
+
+        need(self.adapter.output, output_rows)
+        for site, requests in compiled.pending.items():
+            for _, keys in requests:
+                for j, (_, parent) in enumerate(compiled.columns[site]):
+                    need(parent, keys[:, j].reshape(-1))
+        return depth
+
+    def _clean_bank(self, examples: torch.Tensor, depth: torch.Tensor, spare: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Clean site outputs on ``examples``, row i for example i, each run only as far as its ``depth``
+        (the rows of deeper sites are left unset: nothing reads them). Bank tensors get room for
+        ``spare[site]`` more rows (the recomputations), so nothing is copied twice."""
         bank: dict[str, torch.Tensor] = {}
-        for start in range(0, len(examples), self.batch_size):
-            batch = self.adapter.clean(self.inputs[examples[start:start + self.batch_size].to(self.inputs.device)])
-            for name, value in batch.items():
-                if name not in bank:
-                    rows = len(examples) + spare.get(name, 0)
-                    bank[name] = value.new_empty((rows, *value.shape[1:]))
-                bank[name][start:start + len(value)] = value
+        names = list(self.adapter.sites)
+        for level in torch.unique(depth).tolist():
+            rows = torch.nonzero(depth == level)[:, 0]
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start:start + self.batch_size]
+                inputs = self.inputs[examples[batch].to(self.inputs.device)]
+                for name, value in self.adapter.clean(inputs, upto=names[level]).items():
+                    if name not in bank:
+                        bank[name] = value.new_empty((len(examples) + spare.get(name, 0), *value.shape[1:]))
+                    if len(batch) and batch[-1] - batch[0] == len(batch) - 1:  # consecutive rows: a slice
+                        bank[name][int(batch[0]):int(batch[0]) + len(batch)] = value
+                    else:
+                        bank[name][batch.to(value.device)] = value
         return bank
 
     def _compute(self, site: str, columns, rows: torch.Tensor, contexts: torch.Tensor, bank, offset: int) -> None:
@@ -112,7 +132,10 @@ class Engine:
                 parts = [_gather(bank[parent], chunk[:, j]) for j, (s, parent) in enumerate(columns) if s == slot]
                 slot_inputs[slot] = adapter.slot_input(site, slot, parts)
             context = contexts[start:start + self.batch_size].to(self.inputs.device)
-            bank[site][offset + start:offset + start + len(chunk)] = adapter.run(site, slot_inputs, self.inputs[context])
+            value = adapter.run(site, slot_inputs, self.inputs[context])
+            if site not in bank:  # no clean row of this site was needed
+                bank[site] = value.new_empty((offset + len(rows), *value.shape[1:]))
+            bank[site][offset + start:offset + start + len(chunk)] = value
 
 
 def _gather(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,8 @@ class ModelAdapter:
     the output site), ``n_positions`` (length of the position axis of every site
     output, or None when outputs have no position axis) and two methods:
 
-    - ``_clean(inputs, slots)`` -> (site outputs, slot inputs if ``slots`` else {}) on a batch of raw inputs;
+    - ``_clean(inputs, slots, upto)`` -> (site outputs, slot inputs if ``slots`` else {}) on a batch of raw
+      inputs; with ``upto`` (a site name) the pass may stop once that site's output is read;
     - ``_run(site, slot_inputs, inputs)`` -> the site's output when its slots are
       given; ``inputs`` supplies anything that is not a site (e.g. attention masks).
 
@@ -61,7 +62,8 @@ class ModelAdapter:
         self.shortcuts: dict[str, Callable] = {}  # site -> the shortcut calibrate() verified for it
 
     # -- what subclasses implement -------------------------------------------------
-    def _clean(self, inputs: torch.Tensor, slots: bool) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], torch.Tensor]]:
+    def _clean(self, inputs: torch.Tensor, slots: bool, upto: str | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], torch.Tensor]]:
         raise NotImplementedError
 
     def _run(self, site: str, slot_inputs: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
@@ -84,9 +86,14 @@ class ModelAdapter:
                 f"unknown site {name!r}.{hint} Known sites: {', '.join(self.sites)}."
             ) from None
 
-    def clean(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Outputs of every site on a batch of inputs (no scrubbing)."""
-        outputs, _ = self._guarded(self._clean, inputs, False)
+    def clean(self, inputs: torch.Tensor, upto: str | None = None) -> dict[str, torch.Tensor]:
+        """Outputs of every site on a batch of inputs (no scrubbing); with ``upto``, of the sites up to
+        that one (in ``sites`` order), running no more of the model than they need."""
+        outputs, _ = self._guarded(self._clean, inputs, False, upto)
+        if upto is not None and upto != self.output:
+            wanted = list(self.sites)[: list(self.sites).index(upto) + 1]
+            if any(name not in outputs for name in wanted):  # hooks fire out of site order: no early stop
+                outputs, _ = self._guarded(self._clean, inputs, False, None)
         return outputs
 
     def run(self, site: str, slot_inputs: dict[str, torch.Tensor], inputs: torch.Tensor,

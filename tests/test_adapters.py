@@ -137,3 +137,49 @@ def test_clean_readings_survive_in_place_changes():
     h.output(parents=["lin"])
     engine, reference = engine_and_reference(h, adapter, data, torch.arange(6), seed=1)
     torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_clean_upto_stops_early_and_matches_the_full_pass(small):
+    model, data, adapter = small
+    x = data.inputs[:12]
+    full = adapter.clean(x)
+    names = list(adapter.sites)
+    for upto in names:
+        part = adapter.clean(x, upto=upto)
+        assert set(names[: names.index(upto) + 1]) <= set(part)
+        for name, value in part.items():
+            torch.testing.assert_close(value, full[name])
+    assert "output" not in adapter.clean(x, upto="m0")
+
+
+class _Branches(nn.Module):
+    """Two parallel branches that run in the opposite order to the site list."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.first, self.second = nn.Embedding(5, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.readout = nn.Linear(4, 2)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        later = self.second(x)  # runs first, though listed second
+        return self.readout(x + self.first(x) + later).sum(dim=1)
+
+
+def test_sites_listed_out_of_forward_order_still_read_completely():
+    torch.manual_seed(0)
+    sites = {"embed": (), "first": ("embed",), "second": ("embed",), "readout": ("embed", "first", "second")}
+    adapter = TorchModuleAdapter(_Branches().eval(), sites, "readout")
+    tokens = torch.randint(0, 5, (40, 3), generator=torch.Generator().manual_seed(3))
+    data = Dataset(tokens, {"label": tokens[:, 0] % 2})
+    adapter.calibrate(data.inputs)
+    full = adapter.clean(tokens)
+    part = adapter.clean(tokens, upto="second")  # "second" fires before "first": no early stop possible
+    for name in ("embed", "first", "second"):
+        torch.testing.assert_close(part[name], full[name])
+    h = Hypothesis("branches", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs[:, 0] % 2)
+    h.node("second", "second", lambda d: d.inputs[:, 1] % 2, parents=["tok"])
+    h.output(parents=["second", Edge("tok", via="direct")])
+    engine, reference = engine_and_reference(h, adapter, data, torch.arange(8), seed=4)
+    torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)

@@ -319,17 +319,17 @@ class TimedEngine(Engine):
         self.phases = {"clean_bank": 0.0}
         self.sites: dict[str, dict] = {}
 
-    def _clean_bank(self, examples):
+    def _clean_bank(self, examples, spare):
         start = time.perf_counter()
         try:
-            return super()._clean_bank(examples)
+            return super()._clean_bank(examples, spare)
         finally:
             self.phases["clean_bank"] += time.perf_counter() - start
 
-    def _compute(self, site, columns, rows, contexts, bank):
+    def _compute(self, site, columns, rows, contexts, bank, offset):
         start = time.perf_counter()
         try:
-            return super()._compute(site, columns, rows, contexts, bank)
+            return super()._compute(site, columns, rows, contexts, bank, offset)
         finally:
             entry = self.sites.setdefault(site, {"rows": 0, "seconds": 0.0})
             entry["rows"] += len(rows)
@@ -422,7 +422,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick = args.quick
-    reps = args.reps or (1 if quick else 2)
+    reps = args.reps or (1 if quick else 3)
     skip = set(filter(None, args.skip.split(",")))
     n_refs = 300 if quick else 1000
     started = time.perf_counter()

@@ -122,25 +122,36 @@ class HookedAdapter(ModelAdapter):
         cfg = bridge.cfg
         return cls(bridge, transformer_sites(cfg.n_layers, cfg.n_heads, attn_only=getattr(cfg, "attn_only", False)))
 
-    def _clean(self, inputs, slots_too, copy=False):
+    def _clean(self, inputs, slots_too, upto=None, copy=False):
         """Readings are views of the model's tensors (no copy, as in TransformerLens's caches);
-        should the model modify one in place after its hook, the pass is redone with copies."""
+        should the model modify one in place after its hook, the pass is redone with copies.
+        With ``upto``, only the sites up to it are read and the pass stops at its output."""
+        names = list(self.spec)
+        wanted = names if upto is None else names[: names.index(upto) + 1]
         readings: dict = {}
         hooks = []
-        for spec in self.spec.values():
+        for spec in (self.spec[name] for name in wanted):
             if spec.output is not None:
                 hooks.append((spec.output.hook, self._reader(readings, spec.name, spec.output, copy)))
             for slot, ref in spec.slots.items() if slots_too else ():
                 hooks.append((ref.hook, self._reader(readings, (spec.name, slot), ref, copy)))
+        stop = self.spec[upto].output if upto is not None else None
+        if stop is not None:
+            hooks.append((stop.hook, self._raiser))
+        result = None
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
-            result = self.model(inputs)
+            try:
+                result = self.model(inputs)
+            except _Captured:
+                pass
         if any(value._version != version for value, version in readings.values()):
-            return self._clean(inputs, slots_too, copy=True)
+            return self._clean(inputs, slots_too, upto, copy=True)
         outputs = {key: value for key, (value, _) in readings.items() if isinstance(key, str)}
         slots = {key: value for key, (value, _) in readings.items() if isinstance(key, tuple)}
-        outputs[self.output] = result
-        if self._positional and self.n_positions is None:
-            self.n_positions = result.shape[1]
+        if result is not None:
+            outputs[self.output] = result
+            if self._positional and self.n_positions is None:
+                self.n_positions = result.shape[1]
         return outputs, slots
 
     def _run(self, site, slot_inputs, inputs):
@@ -189,6 +200,10 @@ class HookedAdapter(ModelAdapter):
         def hook(value, hook):
             return ref.write(value, new, others_matter)
         return hook
+
+    @staticmethod
+    def _raiser(value, hook):
+        raise _Captured
 
     @staticmethod
     def _stopper(store, ref: HookRef):

@@ -37,18 +37,25 @@ class TorchModuleAdapter(ModelAdapter):
         self._positional = positional
         self._handles: list = []
 
-    def _clean(self, inputs, slots_too):
+    def _clean(self, inputs, slots_too, upto=None):
         outputs, slots = {}, {}
-        for name, module in self.modules.items():
+        names = list(self.modules)
+        wanted = names if upto is None else names[: names.index(upto) + 1]
+        for name in wanted:
+            module = self.modules[name]
             self._hook(module.register_forward_hook(self._reader(outputs, name)))
             if slots_too and self.sites[name].slots:
                 self._hook(module.register_forward_pre_hook(self._slot_reader(slots, (name, "in"))))
+        if upto is not None:
+            self._hook(self.modules[upto].register_forward_hook(self._raiser))
         try:
             with torch.no_grad():
                 self.model(inputs)
+        except _Captured:
+            pass
         finally:
             self.restore()
-        if self._positional and self.n_positions is None:
+        if self._positional and self.n_positions is None and self.output in outputs:
             self.n_positions = outputs[self.output].shape[1]
         return outputs, slots
 
@@ -88,6 +95,10 @@ class TorchModuleAdapter(ModelAdapter):
 
     def _hook(self, handle) -> None:
         self._handles.append(handle)
+
+    @staticmethod
+    def _raiser(mod, args, out):
+        raise _Captured
 
     @staticmethod
     def _reader(store, key):
