@@ -46,7 +46,7 @@ def _run_files(files: list[Path], args, console: Console) -> Report:
 
 def _options(args) -> dict:
     return dict(n_refs=args.n_refs, seed=args.seed, regimes=args.regimes, budget=args.budget, device=args.device,
-                chunk_refs=args.chunk_refs, pool=args.pool)
+                chunk_refs=args.chunk_refs, batch_size=args.batch_size, pool=args.pool)
 
 
 def _run_on_ray(loaded, args, console: Console) -> Report:
@@ -60,7 +60,7 @@ def _run_on_ray(loaded, args, console: Console) -> Report:
         return Report(distributed.run_suite(jobs, _options(args)))
     runs = []
     for file in loaded:
-        evaluator = distributed.RayEvaluator(file.task, batch_size=1024, chunk_refs=args.chunk_refs)
+        evaluator = distributed.RayEvaluator(file.task, batch_size=args.batch_size, chunk_refs=args.chunk_refs)
         try:
             runs += [scrub(h, file.task, evaluator=evaluator, **_options(args)) for h in file.hypotheses]
         finally:
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", help="run the models on this torch device (e.g. cuda); default: where they are")
         p.add_argument("--chunk-refs", type=int, default=2048,
                        help="references held in memory at once: lower it to bound peak memory")
+        p.add_argument("--batch-size", type=int, default=1024,
+                       help="rows per model call: lower it to bound the memory of one forward pass")
         p.add_argument("--pool", type=int, help="opt-in: draw each class's sources from at most this many members")
         p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                        help="run on Ray: a local cluster, or the one at ADDRESS ('auto': the running local one)")

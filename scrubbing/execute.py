@@ -47,11 +47,11 @@ class Engine:
     def _execute(self, compiled: "_Compiler", output_rows: torch.Tensor) -> torch.Tensor:
         adapter, n = self.adapter, len(self.data)
         pending = compiled.pending
-        depth = self._clean_depth(compiled, output_rows)
+        depth, read = self._clean_depth(compiled, output_rows)
         clean_examples = torch.nonzero(depth >= 0)[:, 0]
         where = torch.full((n,), -1, dtype=torch.long)
         where[clean_examples] = torch.arange(len(clean_examples))
-        bank = self._clean_bank(clean_examples, depth[clean_examples], spare=compiled.count)
+        bank = self._clean_bank(clean_examples, depth[clean_examples], read, spare=compiled.count)
         filled = {name: len(clean_examples) for name in adapter.sites}
         self.stats["clean_rows"] += len(clean_examples)
         moved: dict[str, torch.Tensor] = {}  # provisional id - n -> bank index, per site
@@ -86,26 +86,31 @@ class Engine:
         out_site = adapter.output
         return bank[out_site][locate(out_site, output_rows).to(bank[out_site].device)]
 
-    def _clean_depth(self, compiled: "_Compiler", output_rows: torch.Tensor) -> torch.Tensor:
-        """Per example, the last site (index in ``adapter.sites``) whose clean value on it is read; -1: none."""
+    def _clean_depth(self, compiled: "_Compiler", output_rows: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
+        """Per example, the last site (index in ``adapter.sites``) whose clean value on it is read (-1: none);
+        and the sites whose clean values are read at all."""
         n, order = len(self.data), {name: i for i, name in enumerate(self.adapter.sites)}
         depth = torch.full((n,), -1, dtype=torch.long)
+        read: set[str] = set()
 
         def need(site: str, ids: torch.Tensor) -> None:
             ids = ids[ids < n]
-            depth.scatter_reduce_(0, ids, torch.full_like(ids, order[site]), reduce="amax")
+            if len(ids):
+                read.add(site)
+                depth.scatter_reduce_(0, ids, torch.full_like(ids, order[site]), reduce="amax")
 
         need(self.adapter.output, output_rows)
         for site, requests in compiled.pending.items():
             for _, keys in requests:
                 for j, (_, parent) in enumerate(compiled.columns[site]):
                     need(parent, keys[:, j].reshape(-1))
-        return depth
+        return depth, read
 
-    def _clean_bank(self, examples: torch.Tensor, depth: torch.Tensor, spare: dict[str, int]) -> dict[str, torch.Tensor]:
-        """Clean site outputs on ``examples``, row i for example i, each run only as far as its ``depth``
-        (the rows of deeper sites are left unset: nothing reads them). Bank tensors get room for
-        ``spare[site]`` more rows (the recomputations), so nothing is copied twice."""
+    def _clean_bank(self, examples: torch.Tensor, depth: torch.Tensor, read: set[str],
+                    spare: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Clean outputs of the ``read`` sites on ``examples``, row i for example i, each pass run only as
+        far as its ``depth`` (rows of deeper sites are left unset: nothing reads them). Bank tensors get
+        room for ``spare[site]`` more rows (the recomputations), so nothing is copied twice."""
         bank: dict[str, torch.Tensor] = {}
         names = list(self.adapter.sites)
         for level in torch.unique(depth).tolist():
@@ -114,6 +119,8 @@ class Engine:
                 batch = rows[start:start + self.batch_size]
                 inputs = self.inputs[examples[batch].to(self.inputs.device)]
                 for name, value in self.adapter.clean(inputs, upto=names[level]).items():
+                    if name not in read:
+                        continue
                     if name not in bank:
                         bank[name] = value.new_empty((len(examples) + spare.get(name, 0), *value.shape[1:]))
                     if len(batch) and batch[-1] - batch[0] == len(batch) - 1:  # consecutive rows: a slice

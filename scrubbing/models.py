@@ -45,9 +45,8 @@ class _Attention(nn.Module):
         self.hook_result = HookPoint()
 
     def forward(self, q_in, k_in, v_in):
-        q = einops.einsum(q_in, self.W_Q, "b p h d, h d e -> b p h e")
-        k = einops.einsum(k_in, self.W_K, "b p h d, h d e -> b p h e")
-        v = einops.einsum(v_in, self.W_V, "b p h d, h d e -> b p h e")
+        """Inputs are per head ``[b, p, h, d]``, or ``[b, p, d]`` when every head reads the same stream."""
+        q, k, v = (_project(x, w) for x, w in ((q_in, self.W_Q), (k_in, self.W_K), (v_in, self.W_V)))
         scores = einops.einsum(q, k, "b q h e, b k h e -> b h q k") / q.shape[-1] ** 0.5
         if self.causal:
             n = scores.shape[-1]
@@ -57,6 +56,12 @@ class _Attention(nn.Module):
         z = einops.einsum(pattern, v, "b h q k, b k h e -> b q h e")
         result = self.hook_result(einops.einsum(z, self.W_O, "b q h e, h e d -> b q h d"))
         return result.sum(dim=2) + self.b_O
+
+
+def _project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 3:
+        return einops.einsum(x, weight, "b p d, h d e -> b p h e")
+    return einops.einsum(x, weight, "b p h d, h d e -> b p h e")
 
 
 class _Block(nn.Module):
@@ -75,8 +80,12 @@ class _Block(nn.Module):
 
     def forward(self, resid):
         resid = self.hook_resid_pre(resid)
-        per_head = einops.repeat(resid, "b p d -> b p h d", h=self.n_heads)
-        q, k, v = (self.ln1(hook(per_head.clone())) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
+        head_inputs = (self.hook_q_input, self.hook_k_input, self.hook_v_input)
+        if any(hook._forward_hooks for hook in head_inputs):  # someone reads or patches one head's input
+            per_head = einops.repeat(resid, "b p d -> b p h d", h=self.n_heads)
+            q, k, v = (self.ln1(hook(per_head.clone())) for hook in head_inputs)
+        else:  # every head reads the same stream: normalise it once (same values, a fraction of the work)
+            q = k = v = self.ln1(resid)
         resid = resid + self.hook_attn_out(self.attn(q, k, v))
         if self.mlp is not None:
             resid = self.hook_resid_mid(resid)
