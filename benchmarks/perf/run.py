@@ -1,6 +1,6 @@
 """The performance suite: one command, one process (plus one fresh process per memory size).
 
-    python -m benchmarks.perf.run            # ~5-8 minutes on the 2-core CPU machine
+    python -m benchmarks.perf.run            # ~3 minutes on the 2-core CPU machine
     python -m benchmarks.perf.run --quick    # a smoke test (~1 minute); its figures are not the reported ones
 
 Writes ``benchmarks/perf/results.json`` and prints a summary. What each figure means is in
@@ -232,7 +232,7 @@ def memory_case(case: str, sizes: list[int], threads: int, log) -> dict:
         "increment_ratio": inc(big) / max(inc(small), 1),
         "how": (f"one fresh process per size (python -m benchmarks.perf.memory); references sampled with replacement "
                 f"from the {small['data_size']}-example data set; default chunk_refs={small['chunk_refs']}, "
-                f"batch_size={small['batch_size']}; peak = ru_maxrss (whole process); increment = peak - RSS just "
+                f"batch_size={small['batch_size']}; peak = VmHWM, the kernel's high-water mark (whole process); increment = peak - RSS just "
                 "before the plan is made (after imports, model, data and a 64-reference warm-up run)."),
     }
 
@@ -475,10 +475,9 @@ def main(argv=None) -> int:
     if "engine" not in skip:
         log("[bold]1-2. engine vs the reference and vs plain forward passes[/bold]")
         by_case = {}
-        main_keys = {f"paren/{HEADLINE_PAREN}", "synthetic/deep chain"}
         for case, k in engine_cases:
             try:
-                by_case[case.key] = engine_case(case, n_refs, k, reps if case.key in main_keys else 1, log)
+                by_case[case.key] = engine_case(case, n_refs, k, reps, log)
             except Exception as exc:  # noqa: BLE001 - a broken hypothesis file must not sink the suite
                 msg = cases._failure(f"case {case.key}", exc)
                 notes.append(msg)
