@@ -7,6 +7,11 @@ for every slot, the rows of all its parent sites, one per position; identical ke
 are computed once, and a key whose inputs are all clean on its own example *is* that
 clean row (which is why the identity hypothesis gives exactly zero gap). Sites are
 then computed in topological order, each as a few large batched calls.
+
+Only the model work the plan needs is done: the clean pass on an example stops at the
+deepest site whose clean value on it is read, and a recomputation runs through the
+adapter's shortcut for its site (starting at the site's block) where calibration
+verified one.
 """
 
 from __future__ import annotations
