@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .plan import FromDraw, FromParent, Plan, Recompute
+from .errors import ModelError
 from .sites import Dataset, ModelAdapter
 
 
@@ -50,15 +51,14 @@ class Engine:
 
     # -- execution ---------------------------------------------------------------------
     def _execute(self, compiled: "_Compiler", output_rows: torch.Tensor) -> torch.Tensor:
+        """Index work first (which clean rows, which distinct recomputations, where each lands in its
+        site's bank), then the model work: clean passes, then each site's recomputations in order."""
         adapter, n = self.adapter, len(self.data)
-        pending = compiled.pending
         depth, read = self._clean_depth(compiled, output_rows)
         clean_examples = torch.nonzero(depth >= 0)[:, 0]
         where = torch.full((n,), -1, dtype=torch.long)
         where[clean_examples] = torch.arange(len(clean_examples))
-        bank = self._clean_bank(clean_examples, depth[clean_examples], read, spare=compiled.count)
-        filled = {name: len(clean_examples) for name in adapter.sites}
-        self.stats["clean_rows"] += len(clean_examples)
+        size = {name: len(clean_examples) if name in read else 0 for name in adapter.sites}
         moved: dict[str, torch.Tensor] = {}  # provisional id - n -> bank index, per site
 
         def locate(site: str, ids: torch.Tensor) -> torch.Tensor:
@@ -69,11 +69,11 @@ class Engine:
                 out[~clean] = moved[site][ids[~clean] - n]
             return out
 
-        for name, site in adapter.sites.items():
-            if name not in pending:
-                continue
-            contexts = torch.cat([ctx for ctx, _ in pending[name]])
-            keys = torch.cat([k for _, k in pending[name]])  # [M, n_terms, Tr]
+        work = []
+        for name in (site for site in adapter.sites if site in compiled.pending):  # parents before children
+            pending = compiled.pending[name]
+            contexts = torch.cat([ctx for ctx, _ in pending])
+            keys = torch.cat([k for _, k in pending])  # [M, n_terms, Tr]
             columns = compiled.columns[name]
             located = torch.stack([locate(parent, keys[:, j]) for j, (_, parent) in enumerate(columns)], dim=1)
             flat = located.reshape(len(located), -1)
@@ -82,12 +82,16 @@ class Engine:
             unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
             first = torch.full((len(unique),), len(inverse), dtype=torch.long).scatter_reduce(
                 0, inverse, torch.arange(len(inverse)), reduce="amin")
-            start = filled[name]
-            self._compute(name, columns, located[first], contexts[first], bank, start)
+            work.append((name, columns, located[first], contexts[first], size[name]))
+            moved[name] = size[name] + inverse
+            size[name] += len(unique)
             self.stats["computed_rows"] += len(unique)
             self.stats["requested_rows"] += len(inverse)
-            moved[name] = start + inverse
-            filled[name] = start + len(unique)
+
+        bank = self._clean_bank(clean_examples, depth[clean_examples], read, size)
+        self.stats["clean_rows"] += len(clean_examples)
+        for name, columns, rows, contexts, offset in work:
+            self._compute(name, columns, rows, contexts, bank, offset, size[name])
         out_site = adapter.output
         return bank[out_site][locate(out_site, output_rows).to(bank[out_site].device)]
 
@@ -112,10 +116,10 @@ class Engine:
         return depth, read
 
     def _clean_bank(self, examples: torch.Tensor, depth: torch.Tensor, read: set[str],
-                    spare: dict[str, int]) -> dict[str, torch.Tensor]:
+                    size: dict[str, int]) -> dict[str, torch.Tensor]:
         """Clean outputs of the ``read`` sites on ``examples``, row i for example i, each pass run only as
-        far as its ``depth`` (rows of deeper sites are left unset: nothing reads them). Bank tensors get
-        room for ``spare[site]`` more rows (the recomputations), so nothing is copied twice."""
+        far as its ``depth`` (rows of deeper sites are left unset: nothing reads them). Each bank holds
+        ``size[site]`` rows, the recomputations after the clean rows, so nothing is copied twice."""
         bank: dict[str, torch.Tensor] = {}
         names = list(self.adapter.sites)
         for level in torch.unique(depth).tolist():
@@ -127,14 +131,15 @@ class Engine:
                     if name not in read:
                         continue
                     if name not in bank:
-                        bank[name] = value.new_empty((len(examples) + spare.get(name, 0), *value.shape[1:]))
+                        bank[name] = value.new_empty((size[name], *value.shape[1:]))
                     if len(batch) and batch[-1] - batch[0] == len(batch) - 1:  # consecutive rows: a slice
                         bank[name][int(batch[0]):int(batch[0]) + len(batch)] = value
                     else:
                         bank[name][batch.to(value.device)] = value
         return bank
 
-    def _compute(self, site: str, columns, rows: torch.Tensor, contexts: torch.Tensor, bank, offset: int) -> None:
+    def _compute(self, site: str, columns, rows: torch.Tensor, contexts: torch.Tensor, bank, offset: int,
+                 size: int) -> None:
         """Run ``site`` on each row of gathered parent values, in batches, into its bank from ``offset``."""
         adapter = self.adapter
         for start in range(0, len(rows), self.batch_size):
@@ -145,8 +150,8 @@ class Engine:
                 slot_inputs[slot] = adapter.slot_input(site, slot, parts)
             context = contexts[start:start + self.batch_size].to(self.inputs.device)
             value = adapter.run(site, slot_inputs, self.inputs[context])
-            if site not in bank:  # no clean row of this site was needed
-                bank[site] = value.new_empty((offset + len(rows), *value.shape[1:]))
+            if site not in bank:  # no clean row of this site is read
+                bank[site] = value.new_empty((size, *value.shape[1:]))
             bank[site][offset + start:offset + start + len(chunk)] = value
 
 
@@ -160,6 +165,9 @@ def _gather(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if rows.shape[1] == 1:
         return values.index_select(0, rows[:, 0])
     width = rows.shape[1]
+    if values.dim() < 2 or values.shape[1] != width:
+        raise ModelError(f"a site's output has shape {tuple(values.shape)}, but the plan has {width} positions; "
+                         f"inputs of another length than the adapter was calibrated on?")
     flat = (rows * width + torch.arange(width, device=values.device)).reshape(-1)
     picked = values.reshape(-1, *values.shape[2:]).index_select(0, flat)
     return picked.reshape(*rows.shape, *values.shape[2:])

@@ -64,6 +64,11 @@ def _project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return einops.einsum(x, weight, "b p h d, h d e -> b p h e")
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None))
+
+
 class _Block(nn.Module):
     def __init__(self, cfg: TinyConfig):
         super().__init__()
@@ -81,7 +86,7 @@ class _Block(nn.Module):
     def forward(self, resid):
         resid = self.hook_resid_pre(resid)
         head_inputs = (self.hook_q_input, self.hook_k_input, self.hook_v_input)
-        if any(hook._forward_hooks for hook in head_inputs):  # someone reads or patches one head's input
+        if any(_has_hooks(hook) for hook in head_inputs):  # someone reads or patches one head's input
             per_head = einops.repeat(resid, "b p d -> b p h d", h=self.n_heads)
             q, k, v = (self.ln1(hook(per_head.clone())) for hook in head_inputs)
         else:  # every head reads the same stream: normalise it once (same values, a fraction of the work)

@@ -19,9 +19,9 @@ from .sites import Dataset, ModelAdapter
 def reference_outputs(plan: Plan, adapter: ModelAdapter, data: Dataset) -> torch.Tensor:
     """The scrubbed output of every reference in the plan."""
 
-    @cache
+    @cache  # values are cloned: they are kept across later model calls
     def clean_run(example: int) -> dict[str, torch.Tensor]:
-        return adapter.clean(data.inputs[example:example + 1])
+        return {site: value.clone() for site, value in adapter.clean(data.inputs[example:example + 1]).items()}
 
     def clean(example: int, site: str) -> torch.Tensor:
         return clean_run(example)[site]
@@ -53,7 +53,7 @@ def reference_outputs(plan: Plan, adapter: ModelAdapter, data: Dataset) -> torch
                 slot: adapter.slot_input(recipe.site, slot, [value(site, term) for site, term in entries])
                 for slot, entries in recipe.slots
             }
-            return adapter.run(recipe.site, slots, data.inputs[x:x + 1], shortcut=False)
+            return adapter.run(recipe.site, slots, data.inputs[x:x + 1], shortcut=False).clone()
 
         return compute(recipe)
 

@@ -60,6 +60,7 @@ class ModelAdapter:
         self._offsets: dict[tuple[str, str], torch.Tensor] | None = None
         self.uses_context = True
         self.shortcuts: dict[str, Callable] = {}  # site -> the shortcut calibrate() verified for it
+        self.early_stops: frozenset[str] = frozenset()  # sites a clean pass may stop at (verified by calibrate())
 
     # -- what subclasses implement -------------------------------------------------
     def _clean(self, inputs: torch.Tensor, slots: bool, upto: str | None = None
@@ -88,13 +89,20 @@ class ModelAdapter:
 
     def clean(self, inputs: torch.Tensor, upto: str | None = None) -> dict[str, torch.Tensor]:
         """Outputs of every site on a batch of inputs (no scrubbing); with ``upto``, of the sites up to
-        that one (in ``sites`` order), running no more of the model than they need."""
-        outputs, _ = self._guarded(self._clean, inputs, False, upto)
-        if upto is not None and upto != self.output:
-            wanted = list(self.sites)[: list(self.sites).index(upto) + 1]
-            if any(name not in outputs for name in wanted):  # hooks fire out of site order: no early stop
-                outputs, _ = self._guarded(self._clean, inputs, False, None)
+        that one (in ``sites`` order), stopping the pass there where calibration showed that is safe."""
+        stop = upto if upto in self.early_stops else None
+        outputs, _ = self._guarded(self._clean, inputs, False, stop)
+        names = list(self.sites)
+        self._require(outputs, names if upto is None else names[: names.index(upto) + 1])
         return outputs
+
+    def _require(self, outputs: dict, names: list[str]) -> None:
+        missing = [name for name in names if name not in outputs]
+        if missing:
+            raise ModelError(
+                f"site {missing[0]!r} produced no output in a forward pass (its hook never fired). "
+                f"Check that the site list matches the model's forward pass."
+            )
 
     def run(self, site: str, slot_inputs: dict[str, torch.Tensor], inputs: torch.Tensor,
             shortcut: bool = True) -> torch.Tensor:
@@ -119,6 +127,9 @@ class ModelAdapter:
         across contexts.
         """
         outputs, slots = self._guarded(self._clean, inputs, True)
+        self._require(outputs, list(self.sites))
+        outputs = {key: value.clone() for key, value in outputs.items()}  # held across many later passes
+        slots = {key: value.clone() for key, value in slots.items()}
         offsets = {}
         for site in self.sites.values():
             for slot in site.slots:
@@ -137,6 +148,7 @@ class ModelAdapter:
         self._offsets = offsets
         self.uses_context = self._detect_context(inputs, outputs, slots)
         self.shortcuts = self._verify_shortcuts(inputs, outputs, slots, rtol)
+        self.early_stops = self._verify_early_stops(inputs[:16], rtol)
 
     def _detect_context(self, inputs, outputs, slots) -> bool:
         """Does any non-source site's output depend on the raw input beyond its slots?"""
@@ -152,21 +164,42 @@ class ModelAdapter:
         return False
 
     def _verify_shortcuts(self, inputs, outputs, slots, rtol: float) -> dict[str, Callable]:
-        """Per site, the first shortcut that gives ``_run``'s output on these inputs and (where sites
-        read the raw input) on shuffled ones. A shortcut that raises or differs is not used."""
+        """Per site, the first shortcut that gives ``_run``'s output: on the clean slots, on slots taken
+        from different examples (so a shortcut that confuses its slots shows), and, where sites read the
+        raw input, in a shuffled context. A shortcut that raises or differs is not used."""
         verified = {}
         for site in self.sites.values():
-            if site.is_source:
+            options = self._shortcuts(site.name)
+            if site.is_source or not options:
                 continue
             given = {slot: slots[(site.name, slot)] for slot in site.slots}
-            checks = [(inputs, outputs[site.name])]
-            if self.uses_context and inputs.shape[0] >= 2:
-                checks.append((inputs.flip(0), self.run(site.name, given, inputs.flip(0), shortcut=False)))
-            for option in self._shortcuts(site.name):
-                if all(self._matches(option, site.name, given, context, expected, rtol) for context, expected in checks):
+            checks = [(given, inputs, outputs[site.name])]
+            if inputs.shape[0] >= 2:
+                mixed = {slot: value.roll(i + 1, dims=0) for i, (slot, value) in enumerate(given.items())}
+                checks.append((mixed, inputs, self.run(site.name, mixed, inputs, shortcut=False)))
+                if self.uses_context:
+                    checks.append((given, inputs.flip(0), self.run(site.name, given, inputs.flip(0), shortcut=False)))
+            for option in options:
+                if all(self._matches(option, site.name, *check, rtol) for check in checks):
                     verified[site.name] = option
                     break
         return verified
+
+    def _verify_early_stops(self, inputs, rtol: float) -> frozenset[str]:
+        """The sites at which a clean pass may stop: stopping there still reads every site up to it, with
+        the values of a full pass (not so if hooks fire out of site order, or more than once)."""
+        full, _ = self._guarded(self._clean, inputs, False, None)
+        names = list(self.sites)
+        safe = set()
+        for i, name in enumerate(names):
+            try:
+                part, _ = self._clean(inputs, False, name)
+            except Exception:  # noqa: BLE001 - a stop that fails is simply not used
+                self.restore()
+                continue
+            if all(n in part and _close(part[n], full[n], rtol) for n in names[: i + 1]):
+                safe.add(name)
+        return frozenset(safe)
 
     def _matches(self, option, site, given, context, expected, rtol) -> bool:
         try:
@@ -175,10 +208,7 @@ class ModelAdapter:
         except Exception:  # noqa: BLE001 - a shortcut that fails is simply not used
             self.restore()
             return False
-        if got.shape != expected.shape:
-            return False
-        scale = expected.abs().max().item() + 1e-6
-        return (got - expected).abs().max().item() <= rtol * scale + 1e-5
+        return _close(got, expected, rtol)
 
     def _guarded(self, fn, *args):
         try:
@@ -190,6 +220,13 @@ class ModelAdapter:
             self.restore()
             what = f"site {args[0]!r}" if isinstance(args[0], str) else "a clean forward pass"
             raise ModelError(f"the model raised while computing {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
+    if got.shape != expected.shape:
+        return False
+    scale = expected.abs().max().item() + 1e-6
+    return (got - expected).abs().max().item() <= rtol * scale + 1e-5
 
 
 @dataclass

@@ -3,6 +3,7 @@ pass, and clean readings survive a model that modifies its tensors in place."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from transformer_lens import HookedRootModule
@@ -10,6 +11,7 @@ from transformer_lens.hook_points import HookPoint
 
 from scrubbing import Edge, Hypothesis
 from scrubbing.adapters import HookedAdapter, HookedSite, HookRef, TorchModuleAdapter
+from scrubbing.errors import ModelError
 from scrubbing.models import TinyTransformer
 from scrubbing.sites import Dataset
 
@@ -183,3 +185,79 @@ def test_sites_listed_out_of_forward_order_still_read_completely():
     h.output(parents=["second", Edge("tok", via="direct")])
     engine, reference = engine_and_reference(h, adapter, data, torch.arange(8), seed=4)
     torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
+
+
+class _KeyHookSkipped(TinyTransformer):
+    """A ``start_at_layer`` path that forgets the key-input hooks: keys are then computed from the residual
+    passed in (the query slot). Right whenever q and k inputs agree, as they do on clean data."""
+
+    def forward(self, tokens, start_at_layer=None):
+        if start_at_layer is None:
+            return super().forward(tokens)
+        hooks = [block.hook_k_input._forward_hooks for block in self.blocks]
+        saved = [dict(h) for h in hooks]
+        for h in hooks:
+            h.clear()
+        try:
+            return super().forward(tokens, start_at_layer)
+        finally:
+            for h, kept in zip(hooks, saved):
+                h.update(kept)
+
+
+def test_a_shortcut_that_confuses_its_slots_is_refused():
+    right = tiny_transformer(seed=5)
+    model = _KeyHookSkipped(right.cfg).eval()
+    model.load_state_dict(right.state_dict())
+    data = random_tokens(40, 4, 5)
+    adapter = HookedAdapter.for_transformer(model, 2, 2)
+    adapter.calibrate(data.inputs[:32])
+    assert set(adapter.shortcuts) == {"m0", "m1", "output"}
+    engine, reference = engine_and_reference(_every_site_tree(), adapter, data, torch.arange(6), seed=5)
+    torch.testing.assert_close(engine, reference, atol=1e-4, rtol=1e-4)
+
+
+class _FiresTwice(HookedRootModule):
+    """The embedding's hook fires twice; a full pass keeps the second value (the embedding plus one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.lin, self.out = nn.Embedding(5, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.hook_embed, self.hook_lin_in, self.hook_lin, self.hook_out_in = (HookPoint() for _ in range(4))
+        self.setup()
+
+    def forward(self, tokens):
+        e = self.hook_embed(self.embed(tokens))
+        self.hook_embed(e + 1.0)  # a second firing, e.g. a tied module reused later
+        h = self.hook_lin(self.lin(self.hook_lin_in(e.clone())))
+        return self.out(self.hook_out_in(e + h))
+
+
+def test_early_stop_is_used_only_where_it_reads_what_a_full_pass_reads():
+    torch.manual_seed(0)
+    sites = [HookedSite("embed", HookRef("hook_embed"), {}, ()),
+             HookedSite("lin", HookRef("hook_lin"), {"in": HookRef("hook_lin_in")}, ("embed",)),
+             HookedSite("output", None, {"in": HookRef("hook_out_in")}, ("embed", "lin"))]
+    tokens = torch.randint(0, 5, (40, 3), generator=torch.Generator().manual_seed(2))
+    data = Dataset(tokens, {"label": tokens[:, 0] % 2})
+    adapter = HookedAdapter(_FiresTwice().eval(), sites)
+    adapter.calibrate(data.inputs)
+    assert "embed" not in adapter.early_stops and "lin" in adapter.early_stops
+    torch.testing.assert_close(adapter.clean(tokens, upto="embed")["embed"], adapter.clean(tokens)["embed"])
+    h = Hypothesis("twice", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs[:, 0] % 2)
+    h.output(parents=["tok"])
+    engine, reference = engine_and_reference(h, adapter, data, torch.arange(6), seed=1)
+    torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_a_site_whose_hook_never_fires_is_named():
+    model = _InPlace().eval()
+    model.hook_unused = HookPoint()  # a hook point the forward pass never calls
+    model.setup()
+    sites = [HookedSite("embed", HookRef("hook_embed"), {}, ()),
+             HookedSite("unused", HookRef("hook_unused"), {}, ()),
+             HookedSite("output", None, {"in": HookRef("hook_out_in")}, ("embed",))]
+    adapter = HookedAdapter(model, sites)
+    with pytest.raises(ModelError, match="'unused'"):
+        adapter.calibrate(torch.randint(0, 5, (8, 3)))

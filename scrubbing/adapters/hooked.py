@@ -144,7 +144,7 @@ class HookedAdapter(ModelAdapter):
                 result = self.model(inputs)
             except _Captured:
                 pass
-        if any(value._version != version for value, version in readings.values()):
+        if any(version is not None and value._version != version for value, version in readings.values()):
             return self._clean(inputs, slots_too, upto, copy=True)
         outputs = {key: value for key, (value, _) in readings.items() if isinstance(key, str)}
         slots = {key: value for key, (value, _) in readings.items() if isinstance(key, tuple)}
@@ -173,7 +173,7 @@ class HookedAdapter(ModelAdapter):
         """Start the forward pass at block ``layer`` (TransformerLens's ``start_at_layer``) with the
         ``entry`` slot as the residual: the slot hooks overwrite everything the site reads."""
         spec = self.spec[site]
-        alone = spec.output is not None and spec.output.head is not None
+        alone = _alone(spec)
         hooks = [(ref.hook, self._writer(ref, slot_inputs[slot], not alone)) for slot, ref in spec.slots.items()]
         captured: dict[str, torch.Tensor] = {}
         if spec.output is not None:
@@ -191,8 +191,11 @@ class HookedAdapter(ModelAdapter):
     def _reader(store, key, ref: HookRef, copy: bool):
         def hook(value, hook):
             value = ref.read(value).detach()
-            value = value.clone() if copy else value
-            store[key] = (value, value._version)
+            if value.is_inference():  # inference tensors keep no version counter: always copy
+                store[key] = (value.clone(), None)
+            else:
+                value = value.clone() if copy else value
+                store[key] = (value, value._version)
         return hook
 
     @staticmethod
@@ -213,17 +216,25 @@ class HookedAdapter(ModelAdapter):
         return hook
 
 
+def _alone(site: HookedSite) -> bool:
+    """Is the site one head whose slots are its own parts of distinct hooks? Then no other head's
+    value is read, and a slot may be written to every head at once."""
+    refs = list(site.slots.values())
+    return (site.output is not None and site.output.head is not None
+            and all(ref.head == site.output.head for ref in refs) and len({ref.hook for ref in refs}) == len(refs))
+
+
 def _starts(site: HookedSite) -> list[tuple[int, str]]:
     """Where a forward pass may start for this site, best first: (block, slot whose value enters it).
 
-    The earliest block any slot is written in; a site that reads only the residual stream
+    The earliest block any slot is written in; a site whose one slot is the residual stream
     after block L (the output) may start after it, with that residual as the input (not every
     model accepts ``start_at_layer=n_layers``), else at block L, whose output the slot overwrites.
     """
     layers = [ref.layer for ref in site.slots.values()]
     if not layers or any(layer is None for layer in layers):
         return []
-    entry = next(iter(site.slots))
-    if all(ref.hook.endswith(".hook_resid_post") for ref in site.slots.values()):
-        return [(max(layers) + 1, entry), (min(layers), entry)]
+    (entry, ref), *rest = site.slots.items()
+    if not rest and ref.hook.endswith(".hook_resid_post"):
+        return [(ref.layer + 1, entry), (ref.layer, entry)]
     return [(min(layers), entry)]
