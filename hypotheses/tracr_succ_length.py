@@ -22,21 +22,18 @@ False claims:
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from benchmarks.tracr.task import load, load_task
 from scrubbing import expect
-from scrubbing.tracr import load_fixture, mapped_feature, program_hypothesis, true_hypothesis
+from scrubbing.tracr import mapped_feature, program_hypothesis, true_hypothesis
 
 NAME = "succ_length"
 
 
 def task():
-    from benchmarks.tracr.task import load_task
-
     return load_task(NAME)
 
 
-FIXTURE = load_fixture(Path(__file__).resolve().parents[1] / "benchmarks" / "tracr" / "fixtures" / NAME)
+FIXTURE = load(NAME)
 
 true = true_hypothesis(FIXTURE, name="succ_length: the compiled program").expect(
     expect.recovered(">=", 0.99, regime="*"), expect.abs_gap("<=", 1e-3, regime="*"))

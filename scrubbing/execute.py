@@ -91,7 +91,7 @@ class Engine:
         bank = self._clean_bank(clean_examples, depth[clean_examples], read, size)
         self.stats["clean_rows"] += len(clean_examples)
         for name, columns, rows, contexts, offset in work:
-            self._compute(name, columns, rows, contexts, bank, offset, size[name])
+            self._compute(name, columns, rows, contexts, bank, offset, size)
         out_site = adapter.output
         return bank[out_site][locate(out_site, output_rows).to(bank[out_site].device)]
 
@@ -128,18 +128,12 @@ class Engine:
                 batch = rows[start:start + self.batch_size]
                 inputs = self.inputs[examples[batch].to(self.inputs.device)]
                 for name, value in self.adapter.clean(inputs, upto=names[level]).items():
-                    if name not in read:
-                        continue
-                    if name not in bank:
-                        bank[name] = value.new_empty((size[name], *value.shape[1:]))
-                    if len(batch) and batch[-1] - batch[0] == len(batch) - 1:  # consecutive rows: a slice
-                        bank[name][int(batch[0]):int(batch[0]) + len(batch)] = value
-                    else:
-                        bank[name][batch.to(value.device)] = value
+                    if name in read:
+                        _write(bank, size, name, batch.to(value.device), value)
         return bank
 
     def _compute(self, site: str, columns, rows: torch.Tensor, contexts: torch.Tensor, bank, offset: int,
-                 size: int) -> None:
+                 size: dict[str, int]) -> None:
         """Run ``site`` on each row of gathered parent values, in batches, into its bank from ``offset``."""
         adapter = self.adapter
         for start in range(0, len(rows), self.batch_size):
@@ -150,9 +144,14 @@ class Engine:
                 slot_inputs[slot] = adapter.slot_input(site, slot, parts)
             context = contexts[start:start + self.batch_size].to(self.inputs.device)
             value = adapter.run(site, slot_inputs, self.inputs[context])
-            if site not in bank:  # no clean row of this site is read
-                bank[site] = value.new_empty((size, *value.shape[1:]))
-            bank[site][offset + start:offset + start + len(chunk)] = value
+            _write(bank, size, site, slice(offset + start, offset + start + len(chunk)), value)
+
+
+def _write(bank: dict[str, torch.Tensor], size: dict[str, int], site: str, where, value: torch.Tensor) -> None:
+    """Put ``value`` at rows ``where`` of the site's bank, allocating it (``size[site]`` rows) on first use."""
+    if site not in bank:
+        bank[site] = value.new_empty((size[site], *value.shape[1:]))
+    bank[site][where] = value
 
 
 def _gather(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -124,7 +124,8 @@ class ModelAdapter:
 
         Also detects whether sites read anything from the raw input beyond the
         source sites (``uses_context``): if not, the engine may share computations
-        across contexts.
+        across contexts; and verifies what the engine may skip: each site's
+        shortcut (``shortcuts``) and where a clean pass may stop (``early_stops``).
         """
         outputs, slots = self._guarded(self._clean, inputs, True)
         self._require(outputs, list(self.sites))
@@ -146,27 +147,25 @@ class ModelAdapter:
                     )
                 offsets[(site.name, slot)] = offset[0]
         self._offsets = offsets
-        self.uses_context = self._detect_context(inputs, outputs, slots)
-        self.shortcuts = self._verify_shortcuts(inputs, outputs, slots, rtol)
+        shuffled = self._shuffled_runs(inputs, slots)
+        self.uses_context = inputs.shape[0] < 2 or any(
+            not torch.allclose(value, outputs[site], atol=1e-5, rtol=1e-4) for site, value in shuffled.items())
+        self.shortcuts = self._verify_shortcuts(inputs, outputs, slots, shuffled if self.uses_context else {}, rtol)
         self.early_stops = self._verify_early_stops(inputs[:16], rtol)
 
-    def _detect_context(self, inputs, outputs, slots) -> bool:
-        """Does any non-source site's output depend on the raw input beyond its slots?"""
+    def _shuffled_runs(self, inputs, slots) -> dict[str, torch.Tensor]:
+        """Each non-source site run on its clean slots in a shuffled context (the raw inputs flipped):
+        where that changes a site's output, sites read the raw input beyond their slots."""
         if inputs.shape[0] < 2:
-            return True
-        shuffled = inputs.flip(0)
-        for site in self.sites.values():
-            if site.is_source:
-                continue
-            given = {slot: slots[(site.name, slot)] for slot in site.slots}
-            if not torch.allclose(self.run(site.name, given, shuffled, shortcut=False), outputs[site.name], atol=1e-5, rtol=1e-4):
-                return True
-        return False
+            return {}
+        return {site.name: self.run(site.name, {slot: slots[(site.name, slot)] for slot in site.slots},
+                                    inputs.flip(0), shortcut=False)
+                for site in self.sites.values() if not site.is_source}
 
-    def _verify_shortcuts(self, inputs, outputs, slots, rtol: float) -> dict[str, Callable]:
+    def _verify_shortcuts(self, inputs, outputs, slots, shuffled, rtol: float) -> dict[str, Callable]:
         """Per site, the first shortcut that gives ``_run``'s output: on the clean slots, on slots taken
-        from different examples (so a shortcut that confuses its slots shows), and, where sites read the
-        raw input, in a shuffled context. A shortcut that raises or differs is not used."""
+        from different examples (so a shortcut that confuses its slots shows), and in the ``shuffled``
+        contexts (given where sites read the raw input). A shortcut that raises or differs is not used."""
         verified = {}
         for site in self.sites.values():
             options = self._shortcuts(site.name)
@@ -177,8 +176,8 @@ class ModelAdapter:
             if inputs.shape[0] >= 2:
                 mixed = {slot: value.roll(i + 1, dims=0) for i, (slot, value) in enumerate(given.items())}
                 checks.append((mixed, inputs, self.run(site.name, mixed, inputs, shortcut=False)))
-                if self.uses_context:
-                    checks.append((given, inputs.flip(0), self.run(site.name, given, inputs.flip(0), shortcut=False)))
+            if site.name in shuffled:
+                checks.append((given, inputs.flip(0), shuffled[site.name]))
             for option in options:
                 if all(self._matches(option, site.name, *check, rtol) for check in checks):
                     verified[site.name] = option

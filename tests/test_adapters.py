@@ -103,32 +103,45 @@ def test_a_module_that_reads_the_raw_input_is_not_shortcut():
     torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
 
 
-class _InPlace(HookedRootModule):
-    """Zeroes a hooked activation in place after its hook has run (legal, if unkind)."""
+class _Small(HookedRootModule):
+    """embed -> lin -> out, with hook points on each; optionally unkind in one legal way:
+    ``in_place`` zeroes the linear layer's output after its hook has run, ``fires_twice`` fires the
+    embedding's hook a second time (on the embedding plus one, as a reused module would)."""
 
-    def __init__(self):
+    def __init__(self, in_place: bool = False, fires_twice: bool = False):
         super().__init__()
+        self.in_place, self.fires_twice = in_place, fires_twice
         self.embed, self.lin, self.out = nn.Embedding(5, 4), nn.Linear(4, 4), nn.Linear(4, 2)
         self.hook_embed, self.hook_lin_in, self.hook_lin, self.hook_out_in = (HookPoint() for _ in range(4))
         self.setup()
 
     def forward(self, tokens):
         e = self.hook_embed(self.embed(tokens))
+        if self.fires_twice:
+            self.hook_embed(e + 1.0)
         h = self.hook_lin(self.lin(self.hook_lin_in(e.clone())))
         logits = self.out(self.hook_out_in(e + h))
-        h.mul_(0.0)
+        if self.in_place:
+            h.mul_(0.0)
         return logits
+
+
+SMALL_SITES = [HookedSite("embed", HookRef("hook_embed"), {}, ()),
+               HookedSite("lin", HookRef("hook_lin"), {"in": HookRef("hook_lin_in")}, ("embed",)),
+               HookedSite("output", None, {"in": HookRef("hook_out_in")}, ("embed", "lin"))]
+
+
+def _small_data() -> Dataset:
+    tokens = torch.randint(0, 5, (40, 3), generator=torch.Generator().manual_seed(2))
+    return Dataset(tokens, {"label": tokens[:, 0] % 2})
 
 
 def test_clean_readings_survive_in_place_changes():
     torch.manual_seed(0)
-    model = _InPlace().eval()
-    sites = [HookedSite("embed", HookRef("hook_embed"), {}, ()),
-             HookedSite("lin", HookRef("hook_lin"), {"in": HookRef("hook_lin_in")}, ("embed",)),
-             HookedSite("output", None, {"in": HookRef("hook_out_in")}, ("embed", "lin"))]
-    tokens = torch.randint(0, 5, (40, 3), generator=torch.Generator().manual_seed(2))
-    data = Dataset(tokens, {"label": tokens[:, 0] % 2})
-    adapter = HookedAdapter(model, sites)
+    model = _Small(in_place=True).eval()
+    data = _small_data()
+    tokens = data.inputs
+    adapter = HookedAdapter(model, SMALL_SITES)
     adapter.calibrate(data.inputs)
     with torch.no_grad():
         expected = model.lin(model.embed(tokens))
@@ -217,30 +230,11 @@ def test_a_shortcut_that_confuses_its_slots_is_refused():
     torch.testing.assert_close(engine, reference, atol=1e-4, rtol=1e-4)
 
 
-class _FiresTwice(HookedRootModule):
-    """The embedding's hook fires twice; a full pass keeps the second value (the embedding plus one)."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed, self.lin, self.out = nn.Embedding(5, 4), nn.Linear(4, 4), nn.Linear(4, 2)
-        self.hook_embed, self.hook_lin_in, self.hook_lin, self.hook_out_in = (HookPoint() for _ in range(4))
-        self.setup()
-
-    def forward(self, tokens):
-        e = self.hook_embed(self.embed(tokens))
-        self.hook_embed(e + 1.0)  # a second firing, e.g. a tied module reused later
-        h = self.hook_lin(self.lin(self.hook_lin_in(e.clone())))
-        return self.out(self.hook_out_in(e + h))
-
-
 def test_early_stop_is_used_only_where_it_reads_what_a_full_pass_reads():
     torch.manual_seed(0)
-    sites = [HookedSite("embed", HookRef("hook_embed"), {}, ()),
-             HookedSite("lin", HookRef("hook_lin"), {"in": HookRef("hook_lin_in")}, ("embed",)),
-             HookedSite("output", None, {"in": HookRef("hook_out_in")}, ("embed", "lin"))]
-    tokens = torch.randint(0, 5, (40, 3), generator=torch.Generator().manual_seed(2))
-    data = Dataset(tokens, {"label": tokens[:, 0] % 2})
-    adapter = HookedAdapter(_FiresTwice().eval(), sites)
+    data = _small_data()
+    tokens = data.inputs
+    adapter = HookedAdapter(_Small(fires_twice=True).eval(), SMALL_SITES)
     adapter.calibrate(data.inputs)
     assert "embed" not in adapter.early_stops and "lin" in adapter.early_stops
     torch.testing.assert_close(adapter.clean(tokens, upto="embed")["embed"], adapter.clean(tokens)["embed"])
@@ -252,11 +246,10 @@ def test_early_stop_is_used_only_where_it_reads_what_a_full_pass_reads():
 
 
 def test_a_site_whose_hook_never_fires_is_named():
-    model = _InPlace().eval()
+    model = _Small().eval()
     model.hook_unused = HookPoint()  # a hook point the forward pass never calls
     model.setup()
-    sites = [HookedSite("embed", HookRef("hook_embed"), {}, ()),
-             HookedSite("unused", HookRef("hook_unused"), {}, ()),
+    sites = [SMALL_SITES[0], HookedSite("unused", HookRef("hook_unused"), {}, ()),
              HookedSite("output", None, {"in": HookRef("hook_out_in")}, ("embed",))]
     adapter = HookedAdapter(model, sites)
     with pytest.raises(ModelError, match="'unused'"):

@@ -99,10 +99,8 @@ class HookedAdapter(ModelAdapter):
         self.output = output
         self.n_positions = None
         self._positional = positional
-        self._starts = {s.name: _starts(s) for s in sites}
-        forward = inspect.signature(model.forward).parameters
-        if "start_at_layer" not in forward:
-            self._starts = {}
+        can_start = "start_at_layer" in inspect.signature(model.forward).parameters
+        self._starts = {s.name: _starts(s) for s in sites} if can_start else {}
         missing = {ref.hook for s in sites for ref in [s.output, *s.slots.values()] if ref} - set(model.hook_dict)
         if missing:
             raise ValueError(f"the model has no hook points named {sorted(missing)}; check the site list.")
@@ -155,32 +153,29 @@ class HookedAdapter(ModelAdapter):
         return outputs, slots
 
     def _run(self, site, slot_inputs, inputs):
-        spec = self.spec[site]
-        hooks = [(ref.hook, self._writer(ref, slot_inputs[slot])) for slot, ref in spec.slots.items()]
-        captured: dict[str, torch.Tensor] = {}
-        if spec.output is not None:
-            hooks.append((spec.output.hook, self._stopper(captured, spec.output)))
-        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
-            try:
-                return self.model(inputs)
-            except _Captured:
-                return captured["value"]
+        return self._patched(site, slot_inputs, lambda: self.model(inputs))
 
     def _shortcuts(self, site):
-        return [partial(self._from_layer, layer=layer, entry=entry) for layer, entry in self._starts.get(site, [])]
+        alone = _alone(self.spec[site])
+        return [partial(self._from_layer, layer=layer, entry=entry, alone=alone)
+                for layer, entry in self._starts.get(site, [])]
 
-    def _from_layer(self, site, slot_inputs, inputs, layer: int, entry: str):
+    def _from_layer(self, site, slot_inputs, inputs, layer: int, entry: str, alone: bool):
         """Start the forward pass at block ``layer`` (TransformerLens's ``start_at_layer``) with the
         ``entry`` slot as the residual: the slot hooks overwrite everything the site reads."""
+        call = lambda: self.model(slot_inputs[entry], start_at_layer=layer)  # noqa: E731
+        return self._patched(site, slot_inputs, call, others_matter=not alone)
+
+    def _patched(self, site, slot_inputs, call, others_matter: bool = True):
+        """Run ``call`` with the site's slots overwritten, stopping once its output is read."""
         spec = self.spec[site]
-        alone = _alone(spec)
-        hooks = [(ref.hook, self._writer(ref, slot_inputs[slot], not alone)) for slot, ref in spec.slots.items()]
+        hooks = [(ref.hook, self._writer(ref, slot_inputs[slot], others_matter)) for slot, ref in spec.slots.items()]
         captured: dict[str, torch.Tensor] = {}
         if spec.output is not None:
             hooks.append((spec.output.hook, self._stopper(captured, spec.output)))
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
             try:
-                return self.model(slot_inputs[entry], start_at_layer=layer)
+                return call()
             except _Captured:
                 return captured["value"]
 
