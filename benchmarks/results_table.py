@@ -18,11 +18,19 @@ def _ci(regime: dict, key: str, percent: bool = False) -> str:
     return f"{value:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
+def _tail(regime: dict) -> str:
+    tail = regime.get("tail") or {}
+    bound = lambda key: "n/a" if tail.get(f"{key}_upper") is None else f"{tail[f'{key}_upper']:.3f}"  # noqa: E731
+    return f"{bound('p95')} / {bound('p99')}"
+
+
 def table(report: dict) -> str:
-    lines = ["| task | hypothesis | regime | scrubbed loss | E[loss] gap [95% CI] | E[\\|Δloss\\|] gap [95% CI] | "
-             "noise floor | cancel share | % recovered [95% CI] | adversary chose |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | hypothesis | verdict | regime | regime verdict | scrubbed loss | E[loss] gap [95% CI] | "
+             "E[\\|Δloss\\|] gap [95% CI] | noise floor | cancel share | % recovered [95% CI] | "
+             "per-example recovered [95% CI] | \\|Δloss\\| p95 / p99 (95% UCB) | adversary chose |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in report["runs"]:
+        verdict = run["verdict"] + (f" ({', '.join(run['verdict_regimes'])})" if run["verdict_regimes"] else "")
         for name, regime in run["regimes"].items():
             if regime.get("status") != "ok":
                 continue
@@ -30,9 +38,11 @@ def table(report: dict) -> str:
                                                                  f"{sum(regime['representatives'].values())} reps")
             if name == "adversarial-join" and not regime.get("refinements"):
                 chose = "nothing moved the loss"
-            lines.append(f"| {run['task']} | {run['hypothesis']} | {name} | {regime['scrubbed_loss']:.4f} | "
+            lines.append(f"| {run['task']} | {run['hypothesis']} | {verdict} | {name} | {regime['verdict']} | "
+                         f"{regime['scrubbed_loss']:.4f} | "
                          f"{_ci(regime, 'loss_gap')} | {_ci(regime, 'abs_gap')} | {regime['noise_floor']:.4f} | "
                          f"{regime['cancellation']:.2f} | {_ci(regime, 'recovered', True)} | "
+                         f"{_ci(regime, 'per_example_recovered', True)} | {_tail(regime)} | "
                          f"{chose if name != 'random' else ''} |")
     return "\n".join(lines)
 

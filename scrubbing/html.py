@@ -10,21 +10,24 @@ renders a JSON report written earlier.
 
 Stable hooks for tests and tools: ``table#summary`` (one ``tr.regime-row`` per hypothesis × regime, with
 ``data-run`` and ``data-regime``), ``section.hypothesis#run-N``, ``svg.gap-chart``, ``svg.delta-hist``
-(``data-regime``), ``svg.hypothesis-graph``, ``div.adversary``, ``span.flag.cancels``, ``.failed-expectation``.
+(``data-regime``), ``svg.hypothesis-graph``, ``div.adversary``, ``span.flag.cancels``, ``.failed-expectation``,
+``td.verdict-cell span.verdict`` (classes ``holds``, ``refuted``, ``cancels``, ``inconclusive``).
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections import Counter
 import math
 import re
 import sys
 from pathlib import Path
 
 REGIMES = ("random", "adversarial-join", "worst-swap")
-_CI_KEYS = ("scrubbed_loss", "loss_gap", "abs_gap", "noise_floor", "cancellation", "recovered")
-_SHOWN_ELSEWHERE = {"status", "delta_histogram", "failed_expectations", *_CI_KEYS, *(k + "_ci" for k in _CI_KEYS)}
+_CI_KEYS = ("scrubbed_loss", "loss_gap", "abs_gap", "noise_floor", "cancellation", "recovered", "per_example_recovered")
+_SHOWN_ELSEWHERE = {"status", "delta_histogram", "failed_expectations", "verdict", "cancels", "verdict_reason", "tail",
+                    *_CI_KEYS, *(k + "_ci" for k in _CI_KEYS)}
 _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'")
 
 _REGIME_HELP = {
@@ -63,24 +66,29 @@ def _header(runs: list[dict]) -> str:
     tasks = sorted({str(r.get("task", "?")) for r in runs})
     n_cancels = sum(_cancels(reg) for r in runs for reg in _regimes(r).values())
     n_failed = sum(_n_failed(r) for r in runs)
-    verdict = []
+    counts = Counter(r.get("verdict") or "inconclusive" for r in runs)
+    verdict = [f'<span class="verdict {_e(v)}">{n} {_e(v)}</span>' for v, n in sorted(counts.items())]
     if n_failed:
         verdict.append(f'<span class="flag failed">{n_failed} failed expectation{"s" * (n_failed != 1)}</span>')
     if n_cancels:
         verdict.append(f'<span class="flag cancels">{n_cancels} regime{"s" * (n_cancels != 1)} CANCEL</span>')
-    if not verdict and runs:
-        verdict.append('<span class="flag ok">no flags</span>')
     return f"""<header>
 <h1>{_e(_title(runs))}</h1>
 <p class="lede">{len(runs)} hypothesis run{"s" * (len(runs) != 1)} on {_e(", ".join(tasks) or "no task")}.
 E[loss] gap and E[|Δloss|] gap side by side, each with its 95% paired-bootstrap interval. {" ".join(verdict)}</p>
 <details class="help"><summary>How to read this page</summary>
 <dl>
+<dt>verdict</dt><dd>one per hypothesis, over every regime that ran: <b>holds</b> (every regime within tolerance of
+100% recovered, in the mean and per example), <b>refuted</b> (some regime, named, moves the mean clearly),
+<b>cancels</b> (the mean looks explained, the per-example change clearly is not), <b>inconclusive</b> (intervals too
+wide to say, or no behaviour to explain)</dd>
 <dt>scrubbed loss</dt><dd>loss when the model runs on the treeified, resampled inputs</dd>
 <dt>E[loss] gap</dt><dd>scrubbed − model, averaged: what causal scrubbing has always reported</dd>
 <dt>E[|Δloss|] gap</dt><dd>average of |scrubbed − model| <em>per example</em>: change that averages out is still change</dd>
 <dt>noise floor</dt><dd>E|scrub₁ − scrub₂| over two independent scrubs: how far one resample moves an example.
 Context for E[|Δloss|], not a pass mark</dd>
+<dt>per-example recovered</dt><dd>1 − E[|Δloss|] / E|baseline − model| per example: the per-example analogue
+of % recovered; far below it means per-example changes cancel in the mean</dd>
 <dt>cancel share</dt><dd>1 − |E[Δloss]| / E[|Δloss|]: near 1, the per-example changes cancel in the mean</dd>
 <dt>% recovered</dt><dd>(baseline − scrubbed) / (baseline − model); baseline = every input resampled at random</dd>
 <dt><span class="flag cancels">CANCELS</span></dt><dd>cancel share &gt; 0.5 and the E[|Δloss|] gap's interval lies
@@ -94,8 +102,9 @@ The strip below each histogram: 5–95% range, box 25–75%, median</dd>
 
 
 def _summary_table(runs: list[dict]) -> str:
-    head = ("<tr><th>hypothesis</th><th>regime</th><th>scrubbed loss</th><th>E[loss] gap</th>"
-            "<th>E[|Δloss|] gap</th><th>noise floor</th><th>cancel share</th><th>% recovered</th><th>flags</th></tr>")
+    head = ("<tr><th>verdict</th><th>hypothesis</th><th>regime</th><th>scrubbed loss</th><th>E[loss] gap</th>"
+            "<th>E[|Δloss|] gap</th><th>noise floor</th><th>cancel share</th><th>% recovered</th>"
+            "<th>per-example recovered</th><th>flags</th></tr>")
     rows = []
     for i, run in enumerate(runs):
         regimes = _regimes(run)
@@ -104,6 +113,7 @@ def _summary_table(runs: list[dict]) -> str:
             reg = regimes.get(name, {"status": "not run"})
             cells = []
             if j == 0:
+                cells.append(f'<td rowspan="{len(names)}" class="verdict-cell">{_verdict_badge(run)}</td>')
                 cells.append(f'<th scope="rowgroup" rowspan="{len(names)}" class="hyp">'
                              f'<a href="#run-{i}">{_e(run.get("hypothesis", "?"))}</a>'
                              f'<div class="sub">{_e(run.get("task", ""))} · model {_num(run.get("model_loss"))}'
@@ -111,12 +121,13 @@ def _summary_table(runs: list[dict]) -> str:
                              f' seed={_e(run.get("seed", "?"))}</div></th>')
             cells.append(f'<td class="regime">{_e(name)}</td>')
             if not _ok(reg):
-                cells.append(f'<td colspan="7" class="not-run">{_e(reg.get("status", "not run"))}</td>')
+                cells.append(f'<td colspan="8" class="not-run">{_e(reg.get("status", "not run"))}</td>')
             else:
                 cells += [
                     _cell(reg, "scrubbed_loss"), _cell(reg, "loss_gap", signed=True), _cell(reg, "abs_gap"),
                     _cell(reg, "noise_floor"), _cell(reg, "cancellation", plain=True),
-                    _cell(reg, "recovered", percent=True), f'<td class="flags">{_flags(reg)}</td>']
+                    _cell(reg, "recovered", percent=True), _cell(reg, "per_example_recovered", percent=True),
+                    f'<td class="flags">{_flags(reg)}</td>']
             cls = ("regime-row" + (" first" if j == 0 else "") + ("" if _ok(reg) else " skipped")
                    + (" cancels" if _cancels(reg) else "") + (" failed" if reg.get("failed_expectations") else ""))
             rows.append(f'<tr class="{cls}" data-run="{i}" data-regime="{_e(name)}">{"".join(cells)}</tr>')
@@ -136,17 +147,39 @@ def _cell(reg: dict, key: str, signed: bool = False, percent: bool = False, plai
     return f'<td class="num {key}">{fmt(value)}{interval}{extra}</td>'
 
 
+def _verdict_badge(run: dict) -> str:
+    verdict = run.get("verdict") or "inconclusive"
+    by = run.get("verdict_regimes") or []
+    return (f'<span class="verdict {_e(verdict)}" title="{_e(run.get("verdict_reason", ""))}">{_e(verdict.upper())}'
+            f'</span>' + (f'<div class="sub">by {_e(", ".join(by))}</div>' if by else ""))
+
+
 def _flags(reg: dict) -> str:
     out = []
+    if reg.get("verdict"):
+        out.append(f'<span class="verdict small {_e(reg["verdict"])}" title="{_e(reg.get("verdict_reason", ""))}">'
+                   f'{_e(reg["verdict"])}</span>')
     if _cancels(reg):
-        out.append('<span class="flag cancels" title="cancel share &gt; 0.5 and E[|Δloss|] above the noise floor">'
+        out.append('<span class="flag cancels" title="the mean looks explained, the per-example change is not">'
                    "CANCELS</span>")
     for check in reg.get("failed_expectations") or []:
         out.append(f'<div class="failed-expectation">FAIL {_e(check)}</div>')
     note = _adversary_note(reg)
     if note:
         out.append(f'<div class="note">{_e(note)}</div>')
+    tail = reg.get("tail")
+    if isinstance(tail, dict):
+        out.append(f'<div class="note tail">{_e(_tail_text(tail))}</div>')
     return "".join(out)
+
+
+def _tail_text(tail: dict) -> str:
+    parts = []
+    for key in ("p95", "p99"):
+        bound = tail.get(f"{key}_upper")
+        parts.append(f"{key} {_num(tail.get(key))} " + (f"≤ {_num(bound)}" if bound is not None else
+                                                        f"(no bound under {tail.get(key + '_refs_for_bound')} refs)"))
+    return f"|Δloss| {', '.join(parts)}"
 
 
 def _section(i: int, run: dict) -> str:
@@ -187,7 +220,7 @@ def _flags_short(reg: dict) -> str:
 
 
 def _section_flags(run: dict) -> str:
-    out = []
+    out = [_verdict_badge(run).split("<div", 1)[0]]
     for name, reg in _regimes(run).items():
         if _cancels(reg):
             out.append(f'<span class="flag cancels">CANCELS · {_e(name)}</span>')
@@ -683,12 +716,8 @@ def _ok(reg: dict) -> bool:
 
 
 def _cancels(reg: dict) -> bool:
-    """Same rule as ``RegimeResult.cancels``: most change cancels, and what is left is above the noise floor."""
-    if not _ok(reg):
-        return False
-    c, abs_ci, noise_ci = reg.get("cancellation"), reg.get("abs_gap_ci") or [], reg.get("noise_floor_ci") or []
-    return (_finite(c) and c > 0.5 and len(abs_ci) == 2 and len(noise_ci) == 2
-            and _finite(abs_ci[0]) and _finite(noise_ci[1]) and abs_ci[0] > noise_ci[1])
+    """The regime's ``cancels``, as the verdict rule (``scrubbing.verdict``) set it in the report."""
+    return _ok(reg) and bool(reg.get("cancels"))
 
 
 def _n_failed(run: dict) -> int:
@@ -739,6 +768,10 @@ margin:0 2px 2px 0;vertical-align:middle}
 .flag.cancels{background:var(--cancel-bg);color:var(--cancel-fg)}
 .flag.failed{background:var(--fail-bg);color:var(--fail-fg)}
 .flag.ok{background:var(--ok-bg);color:var(--ok-fg)}
+.verdict{display:inline-block;font-size:12px;font-weight:800;letter-spacing:.03em;padding:2px 8px;border-radius:6px;
+background:var(--line);color:var(--fg)}.verdict.small{font-size:11px;font-weight:700;padding:0 6px;margin-bottom:2px}
+.verdict.holds{background:var(--ok-bg);color:var(--ok-fg)}.verdict.refuted{background:var(--fail-bg);color:var(--fail-fg)}
+.verdict.cancels{background:var(--cancel-bg);color:var(--cancel-fg)}
 .failed-expectation{color:var(--fail-fg);font-weight:600}
 ul.expectations{list-style:none;padding:0;margin:6px 0;font-size:13px}
 details.expectations{font-size:13px;margin:4px 0 8px}details.expectations summary{cursor:pointer;color:var(--ok-fg)}

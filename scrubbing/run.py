@@ -20,8 +20,9 @@ from .families import DEFAULT_FAMILIES, Family
 from .regimes import REGISTRY, Scorer, Search
 from .report import REGIMES, RegimeResult, RunResult
 from .sampling import RandomSampler, class_tables
-from .stats import delta_histogram, summarize
+from .stats import delta_histogram, summarize, tail
 from .task import Task
+from .verdict import DEFAULT_TOLERANCE, check_tolerance, judge_regime, judge_run
 
 DEFAULT_N_REFS = 1000
 DEFAULT_BUDGET = 32
@@ -44,6 +45,7 @@ def scrub(
     pool: int | None = None,
     evaluator=None,
     progress=None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> RunResult:
     """Scrub ``hypothesis`` on ``task`` and measure every requested regime on the same references.
 
@@ -57,11 +59,24 @@ def scrub(
     ``pool`` (opt-in) draws each class's sources from at most that many members: faster
     through sharing, at a statistical cost (see README). ``evaluator`` spreads the adversarial
     searches' candidate evaluations (``distributed.RayEvaluator``); results do not change.
+    ``tolerance`` is the share of the behaviour a hypothesis may miss and still hold (``scrubbing.verdict``).
     """
     regimes = list(regimes)
     unknown = [r for r in regimes if r not in REGIMES]
     if unknown:
         raise ScrubError(f"unknown regime(s) {unknown}; choose from {list(REGIMES)}.")
+    if not regimes:
+        raise ScrubError(f"no regime to run; choose from {list(REGIMES)}.")
+    for name, value in (("n_refs", n_refs), ("budget", budget), ("n_boot", n_boot), ("batch_size", batch_size),
+                        ("chunk_refs", chunk_refs)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ScrubError(f"{name} must be a whole number of at least 1; got {value!r}.")
+    if pool is not None and (not isinstance(pool, (int, np.integer)) or pool < 1):
+        raise ScrubError(f"pool must be a whole number of at least 1, or None; got {pool!r}.")
+    try:
+        tolerance = check_tolerance(tolerance)
+    except ValueError as err:
+        raise ScrubError(str(err)) from None
     adapter, data = task.adapter, task.data
     with _evaluation_mode(adapter, device):
         _calibrated(adapter, data)
@@ -74,9 +89,12 @@ def scrub(
         refs, search_refs = order[:n_refs], order[n_refs:][:n_refs]
         adversarial = [r for r in regimes if r != "random"]
         if adversarial and len(search_refs) < MIN_SEARCH_REFS:
+            fix = (f"lower n_refs to at most {n - MIN_SEARCH_REFS}" if n - MIN_SEARCH_REFS >= 1 else
+                   f"use a dataset of at least {MIN_SEARCH_REFS + 1} examples")
             raise ScrubError(
-                f"{', '.join(adversarial)} need a held-out search split, but only {len(search_refs)} of the {n} examples "
-                f"are left after {n_refs} references; lower n_refs to at most {n - MIN_SEARCH_REFS}."
+                f"{', '.join(adversarial)} need a held-out search split of at least {MIN_SEARCH_REFS} examples, but "
+                f"only {len(search_refs)} of the {n} examples are left after {n_refs} references; {fix}, or run "
+                "only the random regime (regimes=['random'], --regimes random)."
             )
         engine = Engine(adapter, data, batch_size=batch_size, chunk_refs=chunk_refs, device=device)
         scorer = Scorer(engine, task, bound, progress)
@@ -107,7 +125,9 @@ def scrub(
             first = scorer.scrub(plan)
             second = scorer.scrub(make_plan(bound, refs, sampler, rng))
             metrics = summarize(model, baseline, first, second, n_boot=n_boot, seed=int(boot_seed.generate_state(1)[0]))
-            results[name] = RegimeResult("ok", metrics, delta_histogram(model, first), details)
+            result = RegimeResult("ok", metrics, delta_histogram(model, first), details, tail(model, first))
+            result.verdict = judge_regime(result.figures(), tolerance)
+            results[name] = result
         boot = summarize(model, baseline, model, model, n_boot=n_boot, seed=int(boot_seed.generate_state(1)[0]))
 
     result = RunResult(
@@ -121,23 +141,21 @@ def scrub(
         description=hypothesis.description,
         nodes=hypothesis.describe(),
         plan_digest=digest,
+        verdict=judge_run({name: r.figures() for name, r in results.items()}, tolerance),
+        tolerance=tolerance,
     )
     return _judged(result, hypothesis.expectations)
 
 
 def _judged(result: RunResult, expectations) -> RunResult:
-    """Attach the hypothesis's expectations' verdicts (on the regimes that ran) to the result."""
-    ran = [e for e in expectations if all(result.regimes[r].ok for r in e.regimes)]
-    verdicts = judge(result.to_dict(), ran)
-    result.expectations = [{"name": v.name, "passed": v.passed, "inconclusive": v.inconclusive, "message": v.message}
-                           for v in verdicts]
-    result.expectations += [{"name": e.name, "passed": True, "inconclusive": True,
-                             "message": f"{e.regime}: not judged, the regime did not run"}
-                            for e in expectations if e not in ran]
-    for v in verdicts:
-        if not v.passed:
-            regime = v.message.split(":", 1)[0]
-            result.regimes[regime].details.setdefault("failed_expectations", []).append(v.name)
+    """Attach the hypothesis's expectations' results to the run. An expectation whose regime did not run fails:
+    a check that was asked for and not made must not read as passed."""
+    checks = judge(result.to_dict(), expectations)
+    result.expectations = [{"name": c.name, "regime": c.regime, "passed": c.passed, "inconclusive": c.inconclusive,
+                            "message": c.message} for c in checks]
+    for c in checks:
+        if not c.passed and c.regime in result.regimes:
+            result.regimes[c.regime].details.setdefault("failed_expectations", []).append(c.name)
     return result
 
 

@@ -53,8 +53,13 @@ def test_render_html_has_table_charts_and_graph(report):
 
     assert page.count('<table id="summary">') == 1
     assert len(re.findall(r'<tr class="regime-row[^"]*" data-run="\d+" data-regime="', page)) == 3 * n_runs
-    for header in ("scrubbed loss", "E[loss] gap", "E[|Δloss|] gap", "noise floor", "cancel share", "% recovered"):
+    for header in ("verdict", "scrubbed loss", "E[loss] gap", "E[|Δloss|] gap", "noise floor", "cancel share",
+                   "% recovered", "per-example recovered"):
         assert f"<th>{header}</th>" in page
+    # One verdict per hypothesis, colour-coded, exactly as the JSON gives it.
+    badges = re.findall(r'<td rowspan="\d" class="verdict-cell"><span class="verdict (\w+)"', page)
+    assert badges == [run["verdict"] for run in report["runs"]]
+    assert badges[0] == "holds" and badges[1] == "refuted"
     assert page.count('<svg class="gap-chart"') == n_runs
     assert page.count('<svg class="hypothesis-graph"') == n_runs
     assert page.count('<svg class="delta-hist"') == 3 * n_runs
@@ -66,10 +71,10 @@ def test_render_html_has_table_charts_and_graph(report):
 
     # The last run had only `random`: the other regimes say so in the table, the charts and the adversary cards.
     assert re.search(r'data-run="3" data-regime="worst-swap"><td class="regime">worst-swap</td>'
-                     r'<td colspan="7" class="not-run">not run</td>', page)
+                     r'<td colspan="8" class="not-run">not run</td>', page)
     # Cancellation: the cancel task's false claim is flagged, the true logic circuit is not.
     cancels = [i for i, run in enumerate(report["runs"]) for name, reg in run["regimes"].items()
-               if reg["status"] == "ok" and reg["cancellation"] > 0.5 and reg["abs_gap_ci"][0] > reg["noise_floor_ci"][1]]
+               if reg["status"] == "ok" and reg["cancels"]]
     assert 2 in cancels and 0 not in cancels
     assert page.count('<span class="flag cancels" title=') == len(cancels)
     assert '<div class="failed-expectation">FAIL recovered &gt;= 0.9 in random: got 41% &lt;sic&gt;</div>' in page

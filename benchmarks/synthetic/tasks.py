@@ -266,3 +266,55 @@ def interaction_hypotheses() -> dict[str, Hypothesis]:
                            "claims the gate reads c, and m carries nothing beyond the label"),
         "true": claim("gate computes m*c", "gate", column("m"), "the gate is the product of m and c"),
     }
+
+
+class SignModel(nn.Module):
+    """The canonical cancellation: out = A + B with B = ±c, the sign an independent bit; the label is A + c.
+
+    Claiming B irrelevant resamples the sign: each example's loss jumps between 0 and (2c)² with equal odds, so
+    the mean does not move while every example's loss moves by (2c)² half the time. E[|Δloss|] then *equals* the
+    noise floor (the clean run is just one more resample): only scale, the per-example change against the
+    baseline's, tells it from a harmless node. With c small, B is exactly that harmless node.
+    """
+
+    def __init__(self, c: float = 1.0):
+        super().__init__()
+        self.a, self.b, self.out = _Column(0, 1.0), _Column(1, c), nn.Identity()
+
+    def forward(self, x):
+        return self.out(self.a(x) + self.b(x))
+
+
+class _Column(nn.Module):
+    def __init__(self, index: int, scale: float):
+        super().__init__()
+        self.index, self.scale = index, scale
+
+    def forward(self, x):
+        return self.scale * x[:, self.index:self.index + 1]
+
+
+def sign_data(n: int = 3000, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(-3, 4, (n,), generator=g).float()
+    sign = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1
+    return Dataset(torch.stack([a, sign], dim=1), {"a": a.long() + 3, "sign": (sign > 0).long()})
+
+
+def sign_task(c: float = 1.0, n: int = 3000) -> Task:
+    def squared_error(outputs: torch.Tensor, data: Dataset) -> torch.Tensor:
+        return (outputs[:, 0] - (data.inputs[:, 0] + c)) ** 2
+
+    adapter = TorchModuleAdapter(SignModel(c), {"a": (), "b": (), "out": ("a", "b")}, output="out")
+    return Task(f"sign (c={c:g})", adapter, sign_data(n), squared_error)
+
+
+def sign_hypotheses() -> dict[str, Hypothesis]:
+    ignores = Hypothesis("ignores the sign", "out reads A alone: B = ±c is left to the random draw")
+    ignores.node("A", "a", column("a"))
+    ignores.output(parents=["A"])
+    true = Hypothesis("A and the sign", "out reads A and the sign of B")
+    true.node("A", "a", column("a"))
+    true.node("sign", "b", column("sign"))
+    true.output(parents=["A", "sign"])
+    return {"ignores sign": ignores, "true": true}

@@ -1,0 +1,109 @@
+"""The verdict: one word per hypothesis, from one rule, read by every face (table, JSON, HTML, expectations).
+
+Each regime is judged on two intervals, both on the scale of the behaviour being explained:
+
+- in the mean, % recovered = (L_base − L_scrub) / (L_base − L_model);
+- per example, per-example recovered = 1 − E|ℓ_scrub − ℓ| / E|ℓ_base − ℓ|: the share of the baseline's
+  per-example change that the scrub does *not* cause.
+
+With tolerance τ (default 0.1), a figure *holds* when its whole interval lies within τ of 100% (for the mean, on
+either side: a scrub that lowers the loss is as much a change as one that raises it), *moves* when its whole
+interval lies beyond, and is *unclear* otherwise. Then, per regime:
+
+    refuted       the mean moves
+    cancels       the mean looks explained (holds, or is unclear) while the per-example change moves: changes
+                  of both signs average out
+    holds         both hold
+    inconclusive  anything else (intervals too wide, or no behaviour to explain)
+
+and over the regimes that ran: refuted if any regime refutes (naming it; an adversary's refutation counts),
+else cancels if any regime cancels, else holds if every regime holds, else inconclusive.
+
+Why per-example recovered and not the noise floor: in the canonical cancellation (B = ±C resampled) E[|Δloss|]
+*equals* the noise floor, since the clean run is just one more resample; what tells cancellation from a node
+that is small noise is scale, the per-example change against the baseline's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DEFAULT_TOLERANCE = 0.1
+VERDICTS = ("holds", "refuted", "cancels", "inconclusive")
+
+
+@dataclass(frozen=True)
+class RegimeVerdict:
+    verdict: str
+    mean: str  # holds / moves / unclear / undefined
+    per_example: str
+    reason: str
+
+    @property
+    def cancels(self) -> bool:
+        return self.verdict == "cancels"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    regimes: tuple[str, ...]  # the regimes that decide it (those that refute, or cancel); empty otherwise
+    reason: str
+
+    def label(self) -> str:
+        return self.verdict + (f" ({', '.join(self.regimes)})" if self.regimes else "")
+
+
+def check_tolerance(tolerance: float) -> float:
+    if not 0 < tolerance < 0.5:
+        raise ValueError(f"tolerance must lie in (0, 0.5); got {tolerance!r}. It is the share of the behaviour a "
+                         "hypothesis may miss and still hold: 0.1 means 90% recovered, in the mean and per example.")
+    return float(tolerance)
+
+
+def _band(ci, tolerance: float, two_sided: bool) -> str:
+    low, high = ci if ci else (None, None)
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "undefined"
+    floor, ceiling = 1 - tolerance, 1 + tolerance if two_sided else math.inf
+    if floor <= low and high <= ceiling:
+        return "holds"
+    if high < floor or low > ceiling:
+        return "moves"
+    return "unclear"
+
+
+def judge_regime(figures: dict, tolerance: float = DEFAULT_TOLERANCE) -> RegimeVerdict:
+    """One regime's verdict from its JSON figures (``recovered_ci``, ``per_example_recovered_ci``)."""
+    mean = _band(figures.get("recovered_ci"), tolerance, two_sided=True)
+    per_example = _band(figures.get("per_example_recovered_ci"), tolerance, two_sided=False)
+    pct = f"{round(100 * (1 - tolerance))}%"
+    if mean == "moves":
+        return RegimeVerdict("refuted", mean, per_example, f"% recovered lies clearly outside {pct}–"
+                                                           f"{round(100 * (1 + tolerance))}%")
+    if mean in ("holds", "unclear") and per_example == "moves":
+        return RegimeVerdict("cancels", mean, per_example,
+                             f"the mean looks explained, but per-example recovered lies clearly below {pct}")
+    if mean == "holds" and per_example == "holds":
+        return RegimeVerdict("holds", mean, per_example, f"% recovered and per-example recovered both at least {pct}")
+    if mean == "undefined":
+        why = "% recovered is undefined: the model does no measurably better than the baseline"
+    else:
+        why = "an interval straddles the tolerance: more references would decide it"
+    return RegimeVerdict("inconclusive", mean, per_example, why)
+
+
+def judge_run(regimes: dict[str, dict], tolerance: float = DEFAULT_TOLERANCE) -> Verdict:
+    """The hypothesis's verdict over the regimes that ran (``status == "ok"``)."""
+    judged = {name: judge_regime(f, tolerance) for name, f in regimes.items() if f.get("status") == "ok"}
+    if not judged:
+        return Verdict("inconclusive", (), "no regime ran")
+    for word in ("refuted", "cancels"):
+        deciding = tuple(name for name, v in judged.items() if v.verdict == word)
+        if deciding:
+            return Verdict(word, deciding, "; ".join(f"{n}: {judged[n].reason}" for n in deciding))
+    if all(v.verdict == "holds" for v in judged.values()):
+        return Verdict("holds", (), f"holds under {', '.join(judged)}")
+    unclear = [n for n, v in judged.items() if v.verdict == "inconclusive"]
+    return Verdict("inconclusive", (), "; ".join(f"{n}: {judged[n].reason}" for n in unclear))
