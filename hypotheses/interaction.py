@@ -10,6 +10,7 @@ claims["ignores m"].expect(
     expect.abs_loss_gap(">=", 0.05, regime="adversarial-join"),   # ...fails both adversaries (a join may push
                                                                   # the loss either way: both refute the claim)
     expect.loss_gap(">=", 0.3, regime="worst-swap"),
+    expect.verdict("refuted"),
 )
-claims["true"].expect(expect.recovered(">=", 0.99, regime="*"))
+claims["true"].expect(expect.recovered(">=", 0.99, regime="*"), expect.verdict("holds"))
 hypotheses = list(claims.values())

@@ -31,7 +31,7 @@ def task():
 FIXTURE = load(NAME)
 
 true = true_hypothesis(FIXTURE, name="frac_prevs: the compiled program").expect(
-    expect.recovered(">=", 0.99, regime="*"), expect.abs_gap("<=", 1e-3, regime="*"))
+    expect.recovered(">=", 0.99, regime="*"), expect.abs_gap("<=", 1e-3, regime="*"), expect.verdict("holds"))
 
 skips_mlp = program_hypothesis(
     FIXTURE, "frac_prevs, false: skips the is_x MLP",

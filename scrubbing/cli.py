@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,16 +13,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import suite
-from .checks import compare_to_baseline, load_baseline
+from .checks import failures
 from .errors import ScrubError
 from .report import REGIMES, Report
 from .run import DEFAULT_BUDGET, DEFAULT_N_REFS, scrub
+from .verdict import DEFAULT_TOLERANCE
 
 
-def _run_files(files: list[Path], args, console: Console) -> Report:
-    loaded = [suite.load(f) for f in files]
+def _run_files(loaded: list[suite.HypothesisFile], args, console: Console) -> Report:
     if args.ray is not None:
         return _run_on_ray(loaded, args, console)
+    if not console.is_terminal:
+        return _run_plainly(loaded, args, console)
     runs = []
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
@@ -44,9 +47,25 @@ def _run_files(files: list[Path], args, console: Console) -> Report:
     return Report(runs)
 
 
+def _run_plainly(loaded: list[suite.HypothesisFile], args, console: Console) -> Report:
+    """Off a terminal (a log, CI) a live bar shows nothing: one plain line per hypothesis instead."""
+    runs, total = [], sum(len(f.hypotheses) for f in loaded)
+    for file in loaded:
+        for hypothesis in file.hypotheses:
+            if not args.quiet:
+                console.print(f"[{len(runs) + 1}/{total}] {file.path.name}: {hypothesis.name}", markup=False,
+                              highlight=False, soft_wrap=True)
+            start = time.perf_counter()
+            runs.append(scrub(hypothesis, file.task, **_options(args)))
+            if not args.quiet:
+                console.print(f"    {runs[-1].verdict.label()} ({time.perf_counter() - start:.0f} s)", markup=False,
+                              highlight=False, soft_wrap=True)
+    return Report(runs)
+
+
 def _options(args) -> dict:
     return dict(n_refs=args.n_refs, seed=args.seed, regimes=args.regimes, budget=args.budget, device=args.device,
-                chunk_refs=args.chunk_refs, batch_size=args.batch_size, pool=args.pool)
+                chunk_refs=args.chunk_refs, batch_size=args.batch_size, pool=args.pool, tolerance=args.tolerance)
 
 
 def _run_on_ray(loaded, args, console: Console) -> Report:
@@ -68,19 +87,12 @@ def _run_on_ray(loaded, args, console: Console) -> Report:
     return Report(runs)
 
 
-def _failures(report: Report, baseline: Path | None) -> list[str]:
-    """One readable line per failed expectation or pinned figure."""
-    lines = []
-    for run in report.runs:
-        for check in run.expectations:
-            if not check["passed"]:
-                lines.append(f"{run.hypothesis}: {check['message']}")
-        if baseline is not None:
-            stored = load_baseline(baseline, run.hypothesis)
-            if stored is None:
-                lines.append(f"{run.hypothesis}: no pinned run in {baseline}")
-                continue
-            lines += [f"{run.hypothesis}: {c.message}" for c in compare_to_baseline(run.to_dict(), stored) if not c.passed]
+def _failures(report: Report, pinned: list[Path | None], empty: list[Path]) -> list[str]:
+    """One readable line per failed expectation or pinned figure (``pinned``: per run, the report it is pinned
+    to: --baseline, else the file's ``pinned``), and per file that declares no hypothesis."""
+    lines = [f"{path}: declares no hypothesis: nothing was checked" for path in empty]
+    for run, baseline in zip(report.runs, pinned):
+        lines += [f"{run.hypothesis}: {line}" for line in failures(run.to_dict(), baseline)]
     return lines
 
 
@@ -99,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--regimes", default=",".join(REGIMES),
                        help=f"comma-separated regimes to run (default: all of {', '.join(REGIMES)})")
         p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="scrub evaluations per adversarial search")
+        p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                       help="share of the behaviour a hypothesis may miss and still hold, in the mean and per example "
+                            f"(default {DEFAULT_TOLERANCE})")
         p.add_argument("--check", action="store_true",
                        help="exit 1 when an expectation (or, with --baseline, a pinned figure) fails")
         p.add_argument("--baseline", type=Path, help="a JSON report to compare against: fail where figures moved "
@@ -119,10 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         files = args.files if args.command == "run" else suite.files_in(args.directory)
         if not files:
             raise ScrubError(f"no hypothesis files in {args.directory}/")
-        report = _run_files(files, args, console)
+        loaded = [suite.load(f) for f in files]
+        empty = [f.path for f in loaded if not f.hypotheses]
+        for path in empty:
+            console.print(f"[bold yellow]warning:[/] {escape(str(path))} declares no hypothesis", highlight=False)
+        report = _run_files(loaded, args, console)
     except ScrubError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:
+        console.print("interrupted: nothing written", highlight=False)
+        return 130
     report.print(console)
     if args.json:
         report.to_json(args.json)
@@ -133,13 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         args.html.write_text(render_html(report.to_dict()))
         console.print(f"wrote {args.html}")
     if args.check or args.baseline:
-        failures = _failures(report, args.baseline)
-        for line in failures:
+        pinned = [args.baseline or f.pinned for f in loaded for _ in f.hypotheses]
+        lines = _failures(report, pinned, empty)
+        for line in lines:
             console.print(f"[bold red]FAIL[/] {escape(line)}", highlight=False, soft_wrap=True)
         checked = sum(len(r.expectations) for r in report.runs)
-        console.print(f"{len(failures)} failed, {checked} expectations checked"
-                      + (f", pinned against {args.baseline}" if args.baseline else ""), highlight=False)
-        return 1 if failures else 0
+        n_pinned = sum(p is not None for p in pinned)
+        console.print(f"{len(lines)} failed, {checked} expectations checked"
+                      + (f", {n_pinned} runs compared with their pinned reports" if n_pinned else ""), highlight=False)
+        return 1 if lines else 0
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from . import suite
-from .checks import compare_to_baseline, load_baseline, regimes_needed
+from .checks import failures, regimes_needed
 from .run import scrub
 
 _DEFAULTS = {"n_refs": 500, "budget": 16, "seed": 0}
@@ -67,13 +67,7 @@ class HypothesisItem(pytest.Item):
         config, loaded = self.config, self.parent.loaded
         run = scrub(self.hypothesis, loaded.task, n_refs=_setting(config, "n_refs"), seed=_setting(config, "seed"),
                     budget=_setting(config, "budget"), regimes=regimes_needed(self.hypothesis.expectations))
-        lines = [check["message"] for check in run.expectations if not check["passed"]]
-        if loaded.pinned is not None:
-            stored = load_baseline(loaded.pinned, self.hypothesis.name)
-            if stored is None:
-                lines.append(f"no pinned run of {self.hypothesis.name!r} in {loaded.pinned}")
-            else:
-                lines += [c.message for c in compare_to_baseline(run.to_dict(), stored) if not c.passed]
+        lines = failures(run.to_dict(), loaded.pinned)
         if lines:
             raise ExpectationFailed("\n".join(lines))
 
