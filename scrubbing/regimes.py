@@ -8,7 +8,8 @@ the search references only; the run then measures it on the held-out references.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from itertools import chain, islice
+from itertools import chain, cycle, islice
+from typing import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,15 +102,28 @@ class Search:
     def evaluate(self, sampler) -> np.ndarray:
         """Per-reference scrubbed loss on the search split, with the same draws every time
         (common random numbers: candidates differ only by what they change)."""
-        self.used += 1
         return self.evaluate_many([sampler])[0]
 
     def evaluate_many(self, samplers: list) -> list[np.ndarray]:
-        """Evaluate several samplers (in parallel when an evaluator is set); the caller counts the budget."""
+        """Evaluate several samplers (in parallel when an evaluator is set); each one counts against the budget."""
+        return list(self.stream(samplers))
+
+    def stream(self, samplers: list) -> Iterator[np.ndarray]:
+        """Evaluate ``samplers`` at once, and yield their losses in order, counting each against the budget as it is
+        taken: speculative evaluations a search drops unread are not counted, so its figures do not depend on the
+        width. The one place the budget is counted."""
+        for losses in self._losses(samplers):
+            self.used += 1
+            yield losses
+
+    def _losses(self, samplers: list) -> list[np.ndarray]:
         if self.evaluator is not None:
             return self.evaluator.losses(self.bound.hypothesis, samplers, self.refs, self.seed)
-        return [self.scorer.scrub(make_plan(self.bound, self.refs, s, np.random.default_rng(self.seed)))
-                for s in samplers]
+        return [self.scorer.scrub(self.plan(s)) for s in samplers]
+
+    def plan(self, sampler) -> Plan:
+        """The plan every evaluation of ``sampler`` runs (the same draws as ``evaluate``)."""
+        return make_plan(self.bound, self.refs, sampler, np.random.default_rng(self.seed))
 
     @property
     def clean(self) -> np.ndarray:
@@ -178,10 +192,9 @@ def adversarial_join(search: Search, z: float = 2.0):
                 # Speculatively evaluate the next few candidates on top of the current choice, then take
                 # them in order exactly as a one-at-a-time sweep would: results do not depend on the width.
                 batch = queue[: min(search.width, search.budget - search.used)]
-                trials = search.evaluate_many([joined_sampler(search.bound, chosen + [c]) for c in batch])
+                trials = search.stream([joined_sampler(search.bound, chosen + [c]) for c in batch])
                 queue = queue[len(batch):]
                 for i, (candidate, trial) in enumerate(zip(batch, trials)):
-                    search.used += 1
                     step()
                     if accepts(trial, current):
                         chosen.append(candidate)
@@ -197,47 +210,132 @@ def adversarial_join(search: Search, z: float = 2.0):
     return joined_sampler(search.bound, chosen), details
 
 
+def meetings(plan: Plan, tables: dict[str, ClassTable | None], nodes: list[str]) -> dict[str, torch.Tensor]:
+    """Per node, the (reference, class) pairs its instances meet in ``plan``, once each, as ``ref * classes + class``.
+
+    An instance at tree path P runs on an example drawn by the class of the example of the
+    instance at P[:-1] (its child): that class, not the reference's own, is the one whose
+    representative it takes. Below the first level the child runs on a drawn example.
+    """
+    met: dict[str, list[torch.Tensor]] = {n: [] for n in nodes}
+    n_refs = len(plan.refs)
+    for path, inst in plan.instances.items():
+        node = path[-1]
+        if node not in met or len(path) < 2:
+            continue
+        table = tables[node]
+        keys = table.key(plan.instances[path[:-1]].examples).reshape(n_refs, -1)
+        met[node].append((torch.arange(n_refs)[:, None] * table.n_classes + keys).reshape(-1))
+    return {n: torch.unique(torch.cat(v)) if v else torch.zeros(0, dtype=torch.long) for n, v in met.items()}
+
+
+def _credit(pairs: torch.Tensor, n_classes: int, gain: torch.Tensor) -> torch.Tensor:
+    """Per class, the summed loss change of the references that meet it."""
+    return torch.zeros(n_classes, dtype=torch.double).index_add_(0, pairs % n_classes, gain[pairs // n_classes])
+
+
 def worst_swap(search: Search):
-    """Per node and class, the representative (of K candidates) that maximises the loss of the class's references;
-    coordinate ascent across nodes until the budget is spent."""
+    """Per node and class, the representative that maximises the loss of the references whose instances meet the class;
+    block coordinate ascent across nodes until the budget is spent.
+
+    A round takes a block of nodes and tries K fresh candidates per class: candidate j goes to every class
+    of every node of the block at once (one evaluation each). Each class is credited with the loss change
+    of the references whose trees contain an instance of the node keyed in that class, in that candidate's
+    own plan, and takes its best candidate; the incumbent is a candidate too, with no change. That
+    per-class combination is evaluated, and the round moves to the best evaluated choice only if the fitted
+    loss does not fall. The first round takes every node and has no incumbent (changes are measured from
+    the mean over its candidates); the rest cycle over blocks sized so that each is visited within the
+    budget, and again while it lasts.
+    """
     bound, tables = search.bound, search.tables
     nodes = [n for n in bound.order if tables.get(n) is not None]
-    reps = {n: torch.full((tables[n].n_classes,), -1, dtype=torch.long) for n in nodes}
-    k = search.candidates
+    k = max(1, search.candidates)
     unsplittable = {n: int((tables[n].counts == 1).sum()) for n in nodes}
-    fitted = None
-    rounds = max(1, (search.budget - 1) // max(k, 1))  # K evaluations a round, one for the fitted figure
-    with search.scorer.progress_bar("worst-swap", rounds * k) as step:
-        for node in (nodes * rounds)[:rounds] if nodes else []:
-            table = tables[node]
-            offsets = torch.from_numpy(search.rng.integers(0, 2**31, size=(table.n_classes, k)))
-            candidates = table.members[table.starts[:, None] + offsets % table.counts[:, None]]
-            keys = table.key(search.refs).reshape(len(search.refs), -1)  # the classes each reference meets
-            scores = []
-            trials = search.evaluate_many([RepresentativeSampler(tables, {**reps, node: candidates[:, j]})
-                                           for j in range(k)])
-            for trial in trials:
-                search.used += 1
-                step()
-                losses = torch.tensor(trial)
-                per_ref = losses[:, None].expand_as(keys).reshape(-1)
-                total = torch.zeros(table.n_classes, dtype=torch.double).index_add_(0, keys.reshape(-1), per_ref)
-                scores.append(total)
-            scores = torch.stack(scores, 1)  # [classes, K]: summed loss of the class's references
-            seen = torch.bincount(keys.reshape(-1), minlength=table.n_classes) > 0
-            best = candidates[torch.arange(table.n_classes), scores.argmax(1)]
-            reps[node] = torch.where(seen, best, torch.full_like(best, -1))
+    classes = {n: tables[n].n_classes for n in nodes}
+    visits = {n: 0 for n in nodes}
+    clean = search.clean.mean()
+    history: list[float] = []
+
+    def sampler(reps: dict[str, torch.Tensor]) -> RepresentativeSampler:
+        return RepresentativeSampler(tables, reps)
+
+    def draw(node: str, size: int) -> torch.Tensor:
+        """``size`` uniform members of every class of ``node``: [classes, size]."""
+        table = tables[node]
+        offsets = torch.from_numpy(search.rng.integers(0, 2**31, size=(table.n_classes, size)))
+        return table.members[table.starts[:, None] + offsets % table.counts[:, None]]
+
+    def one_round(block: list[str], incumbent, step):
+        """One block's candidates and their combination; returns the (losses, representatives) the search keeps."""
+        left = search.budget - search.used
+        width = min(k, left - 1) if left >= 2 else 1  # keep one evaluation for the combination
+        candidates = {n: draw(n, width) for n in block}
+        base = {} if incumbent is None else incumbent[1]
+        columns = [{**base, **{n: candidates[n][:, j] for n in block}} for j in range(width)]
+        trials = []
+        for trial in search.stream([sampler(c) for c in columns]):
+            step()
+            trials.append(trial)
+        options = list(zip(trials, columns))  # (fitted losses, representatives)
+        if incumbent is None:
+            reference, keep = np.mean(trials, 0), []
+        else:
+            reference, keep = incumbent[0], [torch.zeros(0)]  # the incumbent: no change
+        if len(options) + len(keep) < 2:
+            return options[0]
+        met = [meetings(search.plan(sampler(c)), tables, block) for c in columns]
+        combined = dict(base)
+        for n in block:
+            visits[n] += 1
+            gains = [torch.zeros(classes[n], dtype=torch.double) for _ in keep]
+            gains += [_credit(met[j][n], classes[n], torch.from_numpy(trials[j] - reference)) for j in range(width)]
+            choice = torch.stack(gains, 1).argmax(1) - len(keep)  # the first of equals: the incumbent, if any
+            pick = candidates[n][torch.arange(classes[n]), choice.clamp_min(0)]
+            combined[n] = pick if incumbent is None else torch.where(choice >= 0, pick, base[n])
+        changed = incumbent is None or any(not torch.equal(combined[n], base[n]) for n in block)
+        same = [o for o in options if all(torch.equal(o[1][n], combined[n]) for n in block)]
+        if changed and not same and search.used < search.budget:
+            options.insert(0, (search.evaluate(sampler(combined)), combined))
+            step()
+        best = max(options, key=lambda o: o[0].mean())  # the first of equals: the combination, if evaluated
+        if incumbent is not None and best[0].mean() < incumbent[0].mean():
+            return incumbent
+        return best
+
+    current = None
+    with search.scorer.progress_bar("worst-swap", max(1, search.budget)) as step:
         if nodes:
-            fitted = search.evaluate(RepresentativeSampler(tables, reps)).mean() - search.clean.mean()
+            current = one_round(nodes, None, step)
+            history.append(float(current[0].mean() - clean))
+            spare = search.budget - search.used
+            rounds = spare // (k + 1) + (spare % (k + 1) >= 2)
+            n_blocks = max(1, min(len(nodes), rounds))
+            blocks = [nodes[i * len(nodes) // n_blocks:(i + 1) * len(nodes) // n_blocks] for i in range(n_blocks)]
+            for block in cycle(blocks):
+                if search.used >= search.budget:
+                    break
+                current = one_round(block, current, step)
+                history.append(float(current[0].mean() - clean))
+    reps = {} if current is None else dict(current[1])
+    if nodes:  # a class no instance meets under the fitted choice keeps random draws (its choice was never scored)
+        final = meetings(search.plan(sampler(reps)), tables, nodes)
+        for n in nodes:
+            seen = torch.zeros(classes[n], dtype=torch.bool)
+            seen[final[n] % classes[n]] = True
+            reps[n] = torch.where(seen, reps[n], torch.full_like(reps[n], -1))
     details = {
         "representatives": {n: int((reps[n] >= 0).sum()) for n in nodes},
-        "classes": {n: tables[n].n_classes for n in nodes},
+        "classes": classes,
         "unsplittable_classes": {n: c for n, c in unsplittable.items() if c},
         "budget": {"limit": search.budget, "used": search.used},
         "search_refs": len(search.refs),
-        "fit_loss_gap": None if fitted is None else round(float(fitted), 6),
+        "fit_loss_gap": round(history[-1], 6) if history else None,
+        "fit_history": [round(h, 6) for h in history],
     }
-    return RepresentativeSampler(tables, reps), details
+    unvisited = [n for n in nodes if not visits[n]]
+    if unvisited:
+        details["unvisited"] = unvisited
+    return sampler(reps), details
 
 
 REGISTRY = {"random": random_regime, "adversarial-join": adversarial_join, "worst-swap": worst_swap}
