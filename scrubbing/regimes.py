@@ -8,7 +8,7 @@ the search references only; the run then measures it on the held-out references.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from itertools import chain, cycle, islice
+from itertools import chain, islice
 from typing import Iterator
 from dataclasses import dataclass
 
@@ -234,72 +234,173 @@ def _credit(pairs: torch.Tensor, n_classes: int, gain: torch.Tensor) -> torch.Te
     return torch.zeros(n_classes, dtype=torch.double).index_add_(0, pairs % n_classes, gain[pairs // n_classes])
 
 
+class _Pool:
+    """A node's candidate representatives, grouped by what a representative changes.
+
+    A node that is not a leaf, and whose parents are all resampled, passes nothing of its own
+    example on but the classes its parents are drawn from: members of a class that agree on those
+    are interchangeable, so a candidate is drawn from a uniform group, then a uniform member of it.
+    Elsewhere every member is its own group.
+    """
+
+    def __init__(self, bound: BoundHypothesis, tables: dict[str, ClassTable | None], node: str):
+        table = tables[node]
+        members = table.members
+        n_classes = table.n_classes
+        of_class = torch.repeat_interleave(torch.arange(n_classes), table.counts)
+        parents = [tables.get(e.parent) for e in bound.edges(node)]
+        if bound.is_leaf(node) or any(t is None for t in parents):
+            signature = torch.arange(len(bound.data))
+        else:
+            keys = torch.cat([t.keys.reshape(len(bound.data), -1) for t in parents], 1)
+            signature = torch.unique(keys, dim=0, return_inverse=True)[1]
+        self.signature, self.span = signature, int(signature.max()) + 1
+        codes, group = torch.unique(of_class * self.span + signature[members], return_inverse=True)
+        self.codes = codes  # sorted: groups of one class are contiguous
+        order = torch.argsort(group, stable=True)
+        self.members = members[order]  # members sorted by group
+        self.group_counts = torch.bincount(group, minlength=len(codes))
+        self.group_starts = torch.cumsum(self.group_counts, 0) - self.group_counts
+        self.class_groups = torch.bincount(codes // self.span, minlength=n_classes)
+        self.class_starts = torch.cumsum(self.class_groups, 0) - self.class_groups
+
+    def draw(self, size: int, rng: np.random.Generator) -> torch.Tensor:
+        """``size`` members of every class, each from a uniform group of the class, independently: [classes, size]."""
+        u = torch.from_numpy(rng.random((len(self.class_groups), size)))
+        per_class = self.class_groups[:, None]
+        groups = self.class_starts[:, None] + (u * per_class).long().clamp_max(per_class - 1)
+        offset = (torch.from_numpy(rng.random(tuple(groups.shape))) * self.group_counts[groups]).long()
+        return self.members[self.group_starts[groups] + offset.clamp_max(self.group_counts[groups] - 1)]
+
+
+def _same_below(a: Plan, b: Plan, path: tuple[str, ...]) -> torch.Tensor:
+    """Per reference: do the instance at ``path`` and every instance below it run on the same examples in both
+    plans? (Then, with the same draws, that branch computes the same value in both.)"""
+    same = torch.ones(len(a.refs), dtype=torch.bool)
+    for p, inst in a.instances.items():
+        if p[:len(path)] == path:
+            same &= (inst.examples == b.instances[p].examples).reshape(len(a.refs), -1).all(1)
+    return same
+
+
 def worst_swap(search: Search):
     """Per node and class, the representative that maximises the loss of the references whose instances meet the class;
-    block coordinate ascent across nodes until the budget is spent.
+    coordinate ascent over every node's classes at once, until the budget is spent.
 
-    A round takes a block of nodes and tries K fresh candidates per class: candidate j goes to every class
-    of every node of the block at once (one evaluation each). Each class is credited with the loss change
-    of the references whose trees contain an instance of the node keyed in that class, in that candidate's
-    own plan, and takes its best candidate; the incumbent is a candidate too, with no change. That
-    per-class combination is evaluated, and the round moves to the best evaluated choice only if the fitted
-    loss does not fall. The first round takes every node and has no incumbent (changes are measured from
-    the mean over its candidates); the rest cycle over blocks sized so that each is visited within the
-    budget, and again while it lasts.
+    A round draws K candidates per class of every node (``_Pool``: distinct in what they change) and
+    evaluates candidate column j (candidate j for every class of every node) once each. The incumbent
+    is the choice so far; in the first round, the best column. From the output down, each class is
+    credited with a column's loss change on the references whose trees contain an instance of the node
+    keyed in that class (the class of the example drawn for the instance below it, not the reference's
+    own), and takes the column that gains most, if one gains and its run met all those references there;
+    a change is undone while a reference meeting the class would not run that branch exactly as in the
+    column's run. That combination is evaluated, and the round moves to the best evaluated choice (the
+    combination or a column) only if the fitted loss does not fall, so ``fit_history`` never falls.
+    Every node is visited in the first round (any budget of 2 or more); ``unvisited`` names any that was not.
     """
     bound, tables = search.bound, search.tables
     nodes = [n for n in bound.order if tables.get(n) is not None]
     k = max(1, search.candidates)
     unsplittable = {n: int((tables[n].counts == 1).sum()) for n in nodes}
     classes = {n: tables[n].n_classes for n in nodes}
+    pools = {n: _Pool(bound, tables, n) for n in nodes}
     visits = {n: 0 for n in nodes}
+    level = {}  # the longest path from a node to the output: the choices above a node decide who meets it
+    for n in reversed(bound.order):
+        children = [c for c in bound.order if any(e.parent == n for e in bound.edges(c))]
+        level[n] = max((level[c] + 1 for c in children), default=0)
     clean = search.clean.mean()
     history: list[float] = []
 
     def sampler(reps: dict[str, torch.Tensor]) -> RepresentativeSampler:
         return RepresentativeSampler(tables, reps)
 
-    def draw(node: str, size: int) -> torch.Tensor:
-        """``size`` uniform members of every class of ``node``: [classes, size]."""
-        table = tables[node]
-        offsets = torch.from_numpy(search.rng.integers(0, 2**31, size=(table.n_classes, size)))
-        return table.members[table.starts[:, None] + offsets % table.counts[:, None]]
+    def combine(block, base, losses, candidates, trials, plans):
+        """The per-class combination of a round's candidates, and whether it changes a class any reference meets."""
+        met = [meetings(p, tables, block) for p in plans]
+        combined = dict(base)
+        source = {}  # per node and class: the candidate it took, or -1 (the incumbent)
+        for lv in sorted({level[n] for n in block}):
+            at = [n for n in block if level[n] == lv]
+            now = meetings(search.plan(sampler(combined)), tables, at)
+            for n in at:
+                c = classes[n]
+                gains = [torch.zeros(c, dtype=torch.double)]  # column 0: the incumbent, no change
+                covered = [torch.ones(c, dtype=torch.bool)]
+                means = [torch.zeros(c, dtype=torch.double)]
+                for j, trial in enumerate(trials):
+                    gain = torch.from_numpy(trial - losses)
+                    inside = torch.isin(now[n], met[j][n])
+                    gains.append(_credit(now[n][inside], c, gain))
+                    covered.append(torch.bincount(now[n][~inside] % c, minlength=c) == 0)
+                    seen = torch.bincount(met[j][n] % c, minlength=c)
+                    means.append(torch.where(seen > 0, _credit(met[j][n], c, gain) / seen.clamp_min(1), -torch.inf))
+                gains, covered = torch.stack(gains, 1), torch.stack(covered, 1)
+                choice = torch.where(covered, gains, -torch.inf).argmax(1)  # the first of equals: the incumbent
+                # A class no reference meets under the combination does not move the fit: it takes the candidate
+                # whose references gained most on average where they met it, for a later round to route through.
+                unmet = torch.bincount(now[n] % c, minlength=c) == 0
+                choice = torch.where(unmet, torch.stack(means, 1).argmax(1), choice) - 1
+                source[n] = choice
+                pick = candidates[n][torch.arange(c), choice.clamp_min(0)]
+                combined[n] = torch.where(choice >= 0, pick, base[n])
+        while True:  # undo changes whose branches would not run as in the candidate's run that credited them
+            plan = search.plan(sampler(combined))
+            undone = False
+            for path in plan.instances:
+                n = path[-1]
+                if n not in source or len(path) < 2:
+                    continue
+                c = classes[n]
+                keys = tables[n].key(plan.instances[path[:-1]].examples).reshape(len(plan.refs), -1)
+                j = source[n][keys]  # [refs, positions]
+                changed = j >= 0
+                if not changed.any():
+                    continue
+                same = torch.stack([_same_below(plan, p, path) for p in plans], 1)  # [refs, candidates]
+                bad = changed & ~same.gather(1, j.clamp_min(0))
+                if bad.any():
+                    worse = torch.unique(keys[bad])
+                    source[n][worse] = -1
+                    combined[n] = torch.where(source[n] >= 0, combined[n], base[n])
+                    undone = True
+            if not undone:
+                break
+        now = meetings(plan, tables, block)
+        moved = any(bool((source[n][torch.unique(now[n] % classes[n])] >= 0).any()) for n in block)
+        return combined, moved
 
     def one_round(block: list[str], incumbent, step):
-        """One block's candidates and their combination; returns the (losses, representatives) the search keeps."""
+        """One round over the nodes of ``block``: candidates and their combination.
+
+        Returns the (losses, representatives) the search keeps."""
         left = search.budget - search.used
         width = min(k, left - 1) if left >= 2 else 1  # keep one evaluation for the combination
-        candidates = {n: draw(n, width) for n in block}
         base = {} if incumbent is None else incumbent[1]
+        candidates = {n: pools[n].draw(width, search.rng) for n in block}
         columns = [{**base, **{n: candidates[n][:, j] for n in block}} for j in range(width)]
         trials = []
         for trial in search.stream([sampler(c) for c in columns]):
             step()
             trials.append(trial)
         options = list(zip(trials, columns))  # (fitted losses, representatives)
-        if incumbent is None:
-            reference, keep = np.mean(trials, 0), []
-        else:
-            reference, keep = incumbent[0], [torch.zeros(0)]  # the incumbent: no change
-        if len(options) + len(keep) < 2:
-            return options[0]
-        met = [meetings(search.plan(sampler(c)), tables, block) for c in columns]
-        combined = dict(base)
         for n in block:
-            visits[n] += 1
-            gains = [torch.zeros(classes[n], dtype=torch.double) for _ in keep]
-            gains += [_credit(met[j][n], classes[n], torch.from_numpy(trials[j] - reference)) for j in range(width)]
-            choice = torch.stack(gains, 1).argmax(1) - len(keep)  # the first of equals: the incumbent, if any
-            pick = candidates[n][torch.arange(classes[n]), choice.clamp_min(0)]
-            combined[n] = pick if incumbent is None else torch.where(choice >= 0, pick, base[n])
-        changed = incumbent is None or any(not torch.equal(combined[n], base[n]) for n in block)
+            visits[n] += width > 1 or incumbent is not None
+        if incumbent is None:  # the first round: the best candidate is the incumbent the others are measured from
+            incumbent = max(options, key=lambda o: o[0].mean())
+        plans = [search.plan(sampler(c)) for c in columns]
+        combined, moved = combine(block, incumbent[1], incumbent[0], candidates, trials, plans)
+        if not moved:  # only classes no reference meets changed: the fit is the incumbent's
+            return incumbent[0], combined
         same = [o for o in options if all(torch.equal(o[1][n], combined[n]) for n in block)]
-        if changed and not same and search.used < search.budget:
+        if same:
+            options.insert(0, (same[0][0], combined))
+        elif search.used < search.budget:
             options.insert(0, (search.evaluate(sampler(combined)), combined))
             step()
         best = max(options, key=lambda o: o[0].mean())  # the first of equals: the combination, if evaluated
-        if incumbent is not None and best[0].mean() < incumbent[0].mean():
-            return incumbent
+        if best[0].mean() < incumbent[0].mean() or (best[1] is not combined and best[0].mean() == incumbent[0].mean()):
+            return incumbent  # a candidate that only ties the incumbent does not replace it
         return best
 
     current = None
@@ -307,14 +408,8 @@ def worst_swap(search: Search):
         if nodes:
             current = one_round(nodes, None, step)
             history.append(float(current[0].mean() - clean))
-            spare = search.budget - search.used
-            rounds = spare // (k + 1) + (spare % (k + 1) >= 2)
-            n_blocks = max(1, min(len(nodes), rounds))
-            blocks = [nodes[i * len(nodes) // n_blocks:(i + 1) * len(nodes) // n_blocks] for i in range(n_blocks)]
-            for block in cycle(blocks):
-                if search.used >= search.budget:
-                    break
-                current = one_round(block, current, step)
+            while search.used < search.budget:
+                current = one_round(nodes, current, step)
                 history.append(float(current[0].mean() - clean))
     reps = {} if current is None else dict(current[1])
     if nodes:  # a class no instance meets under the fitted choice keeps random draws (its choice was never scored)
