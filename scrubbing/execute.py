@@ -243,12 +243,41 @@ class _Compiler:
         return ids.reshape(contexts.shape)
 
 
-def _parents_of(recipe: Recompute) -> set[str]:
-    found = set()
-    for _, entries in recipe.slots:
-        for _, term in entries:
-            if isinstance(term, FromParent):
-                found.add(term.node)
-            elif isinstance(term, Recompute):
-                found |= _parents_of(term)
-    return found
+def _parents_of(recipe: Recompute) -> frozenset[str]:
+    """The parent nodes a recipe reads. A recipe is a DAG (sub-terms are shared objects, one per site
+    and set of active edges), so the walk visits each distinct term once: linear in the terms, not in
+    the paths through them (which are exponential in a residual model's depth)."""
+    memo: dict[int, frozenset[str]] = {}
+    order = _terms(recipe)
+    for term in order:  # children before parents
+        found = set()
+        for _, entries in term.slots:
+            for _, sub in entries:
+                if isinstance(sub, FromParent):
+                    found.add(sub.node)
+                elif isinstance(sub, Recompute):
+                    found |= memo[id(sub)]
+        memo[id(term)] = frozenset(found)
+    return memo[id(recipe)]
+
+
+def _terms(recipe: Recompute) -> list[Recompute]:
+    """The distinct ``Recompute`` terms of a recipe, each once, every term after the terms it reads
+    (iterative: a 12-layer model's recipe nests deeper than a comfortable recursion)."""
+    seen: set[int] = set()
+    order: list[Recompute] = []
+    stack: list[tuple[Recompute, bool]] = [(recipe, False)]
+    while stack:
+        term, expanded = stack.pop()
+        if expanded:
+            order.append(term)
+            continue
+        if id(term) in seen:
+            continue
+        seen.add(id(term))
+        stack.append((term, True))
+        for _, entries in term.slots:
+            for _, sub in entries:
+                if isinstance(sub, Recompute) and id(sub) not in seen:
+                    stack.append((sub, False))
+    return order

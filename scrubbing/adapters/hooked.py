@@ -14,7 +14,8 @@ from functools import partial
 
 import torch
 
-from ..sites import ModelAdapter, Site
+from ..errors import ModelError
+from ..sites import ModelAdapter, Site, _close
 
 
 class _Captured(Exception):
@@ -159,6 +160,124 @@ class HookedAdapter(ModelAdapter):
         alone = _alone(self.spec[site])
         return [partial(self._from_layer, layer=layer, entry=entry, alone=alone)
                 for layer, entry in self._starts.get(site, [])]
+
+    def _shortcut_groups(self):
+        """The shortcuts of every site that starts at the same block, checked in one call: option ``k`` of
+        each site's ``_shortcuts`` is ``_from_layer`` at ``_starts(site)[k]``; ``_from_block`` computes the
+        same for many sites at once (the block's heads and MLP in one block call)."""
+        groups: dict[int, dict[str, int]] = {}
+        entries: dict[int, dict[str, str]] = {}
+        for name, starts in self._starts.items():
+            for k, (layer, entry) in enumerate(starts):
+                groups.setdefault(layer, {})[name] = k
+                entries.setdefault(layer, {})[name] = entry
+        return [(partial(self._from_block, layer=layer, entries=entries[layer]), members)
+                for layer, members in sorted(groups.items())]
+
+    def _from_block(self, slot_inputs, inputs, names, layer: int, entries: dict[str, str]):
+        """Many sites' ``_from_layer`` in one call: start at block ``layer`` with the first site's entry slot
+        as the residual, write every listed site's slots, read every output, stop once all are read."""
+        first = names[0]
+        return self._many(slot_inputs, names, lambda: self.model(slot_inputs[(first, entries[first])],
+                                                                 start_at_layer=layer))
+
+    def _run_all(self, slot_inputs, inputs, names):
+        """Every listed site's output in one full forward pass with all of their slots written."""
+        return self._many(slot_inputs, names, lambda: self.model(inputs))
+
+    def _many(self, slot_inputs, names, call):
+        """Run ``call`` with the slots of every site in ``names`` overwritten (one writer per hook point,
+        putting each head's value in its place), reading each site's output (a copy: the pass goes on
+        after the read); the pass stops once every output is read unless one is the return value."""
+        parts: dict[str, list] = {}
+        for name in names:
+            for slot, ref in self.spec[name].slots.items():
+                parts.setdefault(ref.hook, []).append((ref, slot_inputs[(name, slot)]))
+        read = [name for name in names if self.spec[name].output is not None]
+        returns = len(read) < len(names)
+        store: dict[str, torch.Tensor] = {}
+        hooks = [(self.spec[name].output.hook, self._collector(store, name, self.spec[name].output,
+                                                               None if returns else len(read)))
+                 for name in read]
+        hooks += [(hook, self._multi_writer(refs)) for hook, refs in parts.items()]
+        result = None
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            try:
+                result = call()
+            except _Captured:
+                pass
+        missing = [name for name in read if name not in store]
+        if missing:
+            raise ModelError(f"site {missing[0]!r} produced no output in a patched pass (its hook never fired).")
+        out = {name: store[name] for name in read}
+        for name in names:
+            if self.spec[name].output is None:
+                out[name] = result
+        return out
+
+    def _verify_early_stops(self, inputs, rtol: float) -> frozenset[str]:
+        """Where a clean pass may stop, from one traced pass: stopping at a site's output hook (its first
+        firing) reads every site up to it with a full pass's values iff each of their hooks has fired for
+        the last time by then. The deepest such stop is then run once and compared with a full pass;
+        should it differ, every stop is checked by running it (the generic check)."""
+        names = list(self.spec)
+        events: list[str] = []
+        hooks = [(hook, partial(self._tracer, events)) for hook in
+                 dict.fromkeys(self.spec[name].output.hook for name in names if self.spec[name].output)]
+        self.calls["clean"] = self.calls.get("clean", 0) + 1
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            self.model(inputs)
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for i, hook in enumerate(events):
+            first.setdefault(hook, i)
+            last[hook] = i
+        safe = set()
+        for i, name in enumerate(names):
+            out = self.spec[name].output
+            if out is None:
+                stop = len(events)
+            elif out.hook in first:
+                stop = first[out.hook]
+            else:
+                continue
+            before = [self.spec[n].output for n in names[: i + 1]]
+            if all((ref is None and n == name) or (ref is not None and ref.hook in last and last[ref.hook] <= stop)
+                   for n, ref in zip(names[: i + 1], before)):
+                safe.add(name)
+        deepest = [name for name in names if name in safe and self.spec[name].output is not None]
+        if deepest:
+            full, _ = self._counted("clean", self._guarded, self._clean, inputs, False, None)
+            part, _ = self._counted("clean", self._guarded, self._clean, inputs, False, deepest[-1])
+            upto = names[: names.index(deepest[-1]) + 1]
+            if not all(n in part and _close(part[n], full[n], rtol) for n in upto):
+                return super()._verify_early_stops(inputs, rtol)
+        return frozenset(safe)
+
+    @staticmethod
+    def _tracer(events, value, hook):
+        events.append(hook.name)
+
+    @staticmethod
+    def _collector(store, key, ref: HookRef, stop_after: int | None):
+        def hook(value, hook):
+            store[key] = ref.read(value).detach().clone()
+            if stop_after is not None and len(store) == stop_after:
+                raise _Captured
+        return hook
+
+    @staticmethod
+    def _multi_writer(refs: list):
+        """One hook writing several refs' values: per head in place, or the whole tensor at once."""
+        def hook(value, hook):
+            heads = [ref.head for ref, _ in refs]
+            if None not in heads and sorted(heads) == list(range(value.shape[2])):
+                ordered = sorted(refs, key=lambda item: item[0].head)
+                return torch.stack([new.to(value.dtype) for _, new in ordered], dim=2)
+            for ref, new in refs:
+                value = ref.write(value, new)
+            return value
+        return hook
 
     def _from_layer(self, site, slot_inputs, inputs, layer: int, entry: str, alone: bool):
         """Start the forward pass at block ``layer`` (TransformerLens's ``start_at_layer``) with the
