@@ -70,12 +70,20 @@ class Engine:
             return out
 
         work = []
+        base: dict[str, int] = {}  # where each site's `moved` starts in `all_moved`: one lookup for all columns
+        all_moved = torch.empty(0, dtype=torch.long)
         for name in (site for site in adapter.sites if site in compiled.pending):  # parents before children
             pending = compiled.pending[name]
             contexts = torch.cat([ctx for ctx, _ in pending])
             keys = torch.cat([k for _, k in pending])  # [M, n_terms, Tr]
             columns = compiled.columns[name]
-            located = torch.stack([locate(parent, keys[:, j]) for j, (_, parent) in enumerate(columns)], dim=1)
+            located = torch.empty_like(keys)
+            clean = keys < n
+            located[clean] = where[keys[clean]]
+            if not clean.all():
+                start = torch.tensor([base.get(parent, 0) for _, parent in columns])
+                fresh = ~clean
+                located[fresh] = all_moved[(keys - n + start[None, :, None])[fresh]]
             flat = located.reshape(len(located), -1)
             if adapter.uses_context:
                 flat = torch.cat([contexts[:, None], flat], dim=1)
@@ -84,6 +92,8 @@ class Engine:
                 0, inverse, torch.arange(len(inverse)), reduce="amin")
             work.append((name, columns, located[first], contexts[first], size[name]))
             moved[name] = size[name] + inverse
+            base[name] = len(all_moved)
+            all_moved = torch.cat([all_moved, moved[name]])
             size[name] += len(unique)
             self.stats["computed_rows"] += len(unique)
             self.stats["requested_rows"] += len(inverse)
@@ -109,10 +119,17 @@ class Engine:
                 depth.scatter_reduce_(0, ids, torch.full_like(ids, order[site]), reduce="amax")
 
         need(self.adapter.output, output_rows)
-        for site, requests in compiled.pending.items():
+        for site, requests in compiled.pending.items():  # every column of a request at once
+            columns = compiled.columns[site]
+            column_order = torch.tensor([order[parent] for _, parent in columns])
             for _, keys in requests:
-                for j, (_, parent) in enumerate(compiled.columns[site]):
-                    need(parent, keys[:, j].reshape(-1))
+                clean = keys < n
+                if not clean.any():
+                    continue
+                depth.scatter_reduce_(0, keys[clean], column_order[None, :, None].expand_as(keys)[clean],
+                                      reduce="amax")
+                for j in torch.nonzero(clean.any(dim=2).any(dim=0))[:, 0].tolist():
+                    read.add(columns[j][1])
         return depth, read
 
     def _clean_bank(self, examples: torch.Tensor, depth: torch.Tensor, read: set[str],
