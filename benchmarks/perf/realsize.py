@@ -132,3 +132,104 @@ def ioi_large() -> Hypothesis:
     h.node("negative 11.10", "a11.10", _token_mod(0, 2), parents=[Edge("s-inhibition 7.3", into="q")])
     h.output(parents=["name mover 9.6", "name mover 9.9", "name mover 10.0", "backup 10.7", "negative 11.10"])
     return h
+
+
+# -- the benchmark ------------------------------------------------------------------------------------
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def hand_loop_passes(plan) -> int:
+    """Forward passes of ``n_refs`` rows a hand-written hook loop needs for this plan: one patched pass per
+    non-leaf tree path (per position for positional paths' parents is folded into the patch), plus one clean
+    pass per tree path for its draws r or its leaf sample. An estimate of the loop's cost, not a measurement."""
+    non_leaf = sum(1 for path in plan.instances if plan.recipes[path[-1]] is not None)
+    return non_leaf + len(plan.instances)
+
+
+def measure(n_refs: int, n_data: int = 512, seed: int = 0, d_model: int = 768, n_ctx: int = 16,
+            vocab: int = 1000, hypothesis: str = "large") -> dict:
+    import sys
+    import time
+
+    import numpy as np
+
+    from scrubbing.execute import Engine
+    from scrubbing.plan import make_plan
+    from scrubbing.sampling import RandomSampler, class_tables
+
+    torch.set_num_threads(1)
+    bridge = boot("gpt2", 12, 12, d_model, vocab=vocab, n_ctx=n_ctx, seed=seed)
+    data = tokens(n_data, n_ctx, vocab, seed=seed)
+    t = task(bridge, data)
+    refs = torch.arange(n_refs)
+    with torch.no_grad():
+        bridge(data.inputs[refs[:8]])  # warm-up
+        start = time.perf_counter()
+        bridge(data.inputs[refs])
+        clean_s = time.perf_counter() - start
+    start = time.perf_counter()
+    t.adapter.calibrate(data.inputs[: min(len(data), 256)])
+    calibrate_s = time.perf_counter() - start
+    print(f"clean pass {clean_s:.2f}s, calibration {calibrate_s:.2f}s", file=sys.stderr, flush=True)
+    bound = (ioi_large() if hypothesis == "large" else ioi_small()).bind(t.adapter, data)
+    start = time.perf_counter()
+    plan = make_plan(bound, refs, RandomSampler(class_tables(bound.classes)), np.random.default_rng(seed))
+    plan_s = time.perf_counter() - start
+    engine = Engine(t.adapter, data)
+    start = time.perf_counter()
+    engine.outputs(plan)
+    execute_s = time.perf_counter() - start
+    loop = hand_loop_passes(plan)
+    return {"n_refs": n_refs, "shape": f"gpt2 12x12 d_model {d_model}, {n_ctx} tokens, vocab {vocab}",
+            "hypothesis": hypothesis,
+            "clean_pass_s": clean_s, "calibrate_s": calibrate_s, "plan_s": plan_s,
+            "execute_s": execute_s, "calibration_calls": dict(t.adapter.calls), "engine_stats": engine.stats,
+            "tree_paths": len(plan.instances), "hand_loop_passes_estimate": loop,
+            "engine_over_clean": (calibrate_s + plan_s + execute_s) / clean_s,
+            "calibration_over_clean": calibrate_s / clean_s,
+            "execution_over_clean": (plan_s + execute_s) / clean_s,
+            "engine_over_hand_loop_estimate": (calibrate_s + plan_s + execute_s) / (loop * clean_s),
+            "peak_rss_mb": _vm_hwm_mb()}
+
+
+def main() -> None:
+    import argparse
+    import json
+    import subprocess
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--refs", type=int, help="measure one size in this process (used by the driver)")
+    parser.add_argument("--sizes", default="64,256")
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--ctx", type=int, default=16)
+    parser.add_argument("--vocab", type=int, default=1000)
+    parser.add_argument("--hypothesis", default="large", choices=["large", "small"])
+    parser.add_argument("--out", default="benchmarks/perf/realsize.json")
+    args = parser.parse_args()
+    if args.refs:
+        print(json.dumps(measure(args.refs, d_model=args.d_model, n_ctx=args.ctx, vocab=args.vocab,
+                                 hypothesis=args.hypothesis)), flush=True)
+        return
+    results = []
+    for n in (int(x) for x in args.sizes.split(",")):  # one fresh process per size: peak memory is its own
+        done = subprocess.run([sys.executable, "-m", "benchmarks.perf.realsize", "--refs", str(n),
+                               "--d-model", str(args.d_model), "--ctx", str(args.ctx), "--vocab", str(args.vocab),
+                               "--hypothesis", args.hypothesis],
+                              capture_output=True, text=True, check=True)
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    if len(results) == 2:
+        results.append({"memory_ratio": results[1]["peak_rss_mb"] / results[0]["peak_rss_mb"]})
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(json.dumps(results[-1]))
+
+
+if __name__ == "__main__":
+    main()
