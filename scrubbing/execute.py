@@ -70,12 +70,20 @@ class Engine:
             return out
 
         work = []
+        base: dict[str, int] = {}  # where each site's `moved` starts in `all_moved`: one lookup for all columns
+        all_moved = torch.empty(0, dtype=torch.long)
         for name in (site for site in adapter.sites if site in compiled.pending):  # parents before children
             pending = compiled.pending[name]
             contexts = torch.cat([ctx for ctx, _ in pending])
             keys = torch.cat([k for _, k in pending])  # [M, n_terms, Tr]
             columns = compiled.columns[name]
-            located = torch.stack([locate(parent, keys[:, j]) for j, (_, parent) in enumerate(columns)], dim=1)
+            located = torch.empty_like(keys)
+            clean = keys < n
+            located[clean] = where[keys[clean]]
+            if not clean.all():
+                start = torch.tensor([base.get(parent, 0) for _, parent in columns])
+                fresh = ~clean
+                located[fresh] = all_moved[(keys - n + start[None, :, None])[fresh]]
             flat = located.reshape(len(located), -1)
             if adapter.uses_context:
                 flat = torch.cat([contexts[:, None], flat], dim=1)
@@ -84,6 +92,8 @@ class Engine:
                 0, inverse, torch.arange(len(inverse)), reduce="amin")
             work.append((name, columns, located[first], contexts[first], size[name]))
             moved[name] = size[name] + inverse
+            base[name] = len(all_moved)
+            all_moved = torch.cat([all_moved, moved[name]])
             size[name] += len(unique)
             self.stats["computed_rows"] += len(unique)
             self.stats["requested_rows"] += len(inverse)
@@ -109,10 +119,17 @@ class Engine:
                 depth.scatter_reduce_(0, ids, torch.full_like(ids, order[site]), reduce="amax")
 
         need(self.adapter.output, output_rows)
-        for site, requests in compiled.pending.items():
+        for site, requests in compiled.pending.items():  # every column of a request at once
+            columns = compiled.columns[site]
+            column_order = torch.tensor([order[parent] for _, parent in columns])
             for _, keys in requests:
-                for j, (_, parent) in enumerate(compiled.columns[site]):
-                    need(parent, keys[:, j].reshape(-1))
+                clean = keys < n
+                if not clean.any():
+                    continue
+                depth.scatter_reduce_(0, keys[clean], column_order[None, :, None].expand_as(keys)[clean],
+                                      reduce="amax")
+                for j in torch.nonzero(clean.any(dim=2).any(dim=0))[:, 0].tolist():
+                    read.add(columns[j][1])
         return depth, read
 
     def _clean_bank(self, examples: torch.Tensor, depth: torch.Tensor, read: set[str],
@@ -243,12 +260,41 @@ class _Compiler:
         return ids.reshape(contexts.shape)
 
 
-def _parents_of(recipe: Recompute) -> set[str]:
-    found = set()
-    for _, entries in recipe.slots:
-        for _, term in entries:
-            if isinstance(term, FromParent):
-                found.add(term.node)
-            elif isinstance(term, Recompute):
-                found |= _parents_of(term)
-    return found
+def _parents_of(recipe: Recompute) -> frozenset[str]:
+    """The parent nodes a recipe reads. A recipe is a DAG (sub-terms are shared objects, one per site
+    and set of active edges), so the walk visits each distinct term once: linear in the terms, not in
+    the paths through them (which are exponential in a residual model's depth)."""
+    memo: dict[int, frozenset[str]] = {}
+    order = _terms(recipe)
+    for term in order:  # children before parents
+        found = set()
+        for _, entries in term.slots:
+            for _, sub in entries:
+                if isinstance(sub, FromParent):
+                    found.add(sub.node)
+                elif isinstance(sub, Recompute):
+                    found |= memo[id(sub)]
+        memo[id(term)] = frozenset(found)
+    return memo[id(recipe)]
+
+
+def _terms(recipe: Recompute) -> list[Recompute]:
+    """The distinct ``Recompute`` terms of a recipe, each once, every term after the terms it reads
+    (iterative: a 12-layer model's recipe nests deeper than a comfortable recursion)."""
+    seen: set[int] = set()
+    order: list[Recompute] = []
+    stack: list[tuple[Recompute, bool]] = [(recipe, False)]
+    while stack:
+        term, expanded = stack.pop()
+        if expanded:
+            order.append(term)
+            continue
+        if id(term) in seen:
+            continue
+        seen.add(id(term))
+        stack.append((term, True))
+        for _, entries in term.slots:
+            for _, sub in entries:
+                if isinstance(sub, Recompute) and id(sub) not in seen:
+                    stack.append((sub, False))
+    return order

@@ -61,6 +61,7 @@ class ModelAdapter:
         self.uses_context = True
         self.shortcuts: dict[str, Callable] = {}  # site -> the shortcut calibrate() verified for it
         self.early_stops: frozenset[str] = frozenset()  # sites a clean pass may stop at (verified by calibrate())
+        self.calls: dict[str, int] = {}  # model calls of the last calibrate(), by kind
 
     # -- what subclasses implement -------------------------------------------------
     def _clean(self, inputs: torch.Tensor, slots: bool, upto: str | None = None
@@ -126,8 +127,16 @@ class ModelAdapter:
         source sites (``uses_context``): if not, the engine may share computations
         across contexts; and verifies what the engine may skip: each site's
         shortcut (``shortcuts``) and where a clean pass may stop (``early_stops``).
+
+        Cost, for an adapter that patches every site in one pass (``_run_all``) and checks
+        shortcuts by block (``_shortcut_groups``), such as ``HookedAdapter``: a constant
+        number of forward passes whatever the number of sites — one clean pass with slots
+        and one shuffled-context pass on ``inputs``, two patched passes on the first
+        ``CHECK_ROWS`` rows, three calls per shortcut group on those rows (each about one
+        block), and one traced pass on 16 rows for the early stops. ``calls`` counts them.
         """
-        outputs, slots = self._guarded(self._clean, inputs, True)
+        self.calls = {}
+        outputs, slots = self._counted("clean", self._guarded, self._clean, inputs, True)
         self._require(outputs, list(self.sites))
         outputs = {key: value.clone() for key, value in outputs.items()}  # held across many later passes
         slots = {key: value.clone() for key, value in slots.items()}
@@ -147,52 +156,169 @@ class ModelAdapter:
                     )
                 offsets[(site.name, slot)] = offset[0]
         self._offsets = offsets
+        self._batched = type(self)._run_all is not ModelAdapter._run_all
+        rows = min(len(inputs), self.CHECK_ROWS) if self._batched else len(inputs)
+        given = {key: value[:rows] for key, value in slots.items()}
+        mixed = self._mixed(given) if rows >= 2 else {}
+        expected_mixed = self._independent_runs(inputs[:rows], outputs, given, mixed, rtol)
+        if expected_mixed is None:  # a site's output moved with other sites' slots: check site by site
+            self._batched = False
+            mixed = self._mixed(slots) if len(inputs) >= 2 else {}
+            expected_mixed = self._all_runs(mixed, inputs) if mixed else {}
+            rows, given = len(inputs), slots
         shuffled = self._shuffled_runs(inputs, slots)
         self.uses_context = inputs.shape[0] < 2 or any(
             not torch.allclose(value, outputs[site], atol=1e-5, rtol=1e-4) for site, value in shuffled.items())
-        self.shortcuts = self._verify_shortcuts(inputs, outputs, slots, shuffled if self.uses_context else {}, rtol)
+        flipped = inputs.flip(0)[:rows]
+        checks = {
+            "clean": (given, inputs[:rows], {site: value[:rows] for site, value in outputs.items()}),
+            "mixed": (mixed, inputs[:rows], expected_mixed),
+            "shuffled": (given, flipped, {site: value[:rows] for site, value in shuffled.items()}),
+        }
+        if not mixed:
+            del checks["mixed"]
+        if not self.uses_context or not shuffled:
+            del checks["shuffled"]
+        self.shortcuts = self._verify_shortcuts(checks, rtol)
         self.early_stops = self._verify_early_stops(inputs[:16], rtol)
+
+    CHECK_ROWS = 64  # rows on which shortcuts are checked (the sum decomposition and context use every row)
+    _batched = False  # True while calibrate() checks many sites per pass (the adapter has ``_run_all``)
+
+    def _counted(self, what: str, fn, *args):
+        self.calls[what] = self.calls.get(what, 0) + 1
+        return fn(*args)
+
+    def _mixed(self, slots) -> dict[tuple[str, str], torch.Tensor]:
+        """Every slot's values taken from other examples, each slot of a site shifted differently
+        (so a shortcut that confuses its slots shows)."""
+        mixed = {}
+        for site in self.sites.values():
+            for i, slot in enumerate(site.slots):
+                mixed[(site.name, slot)] = slots[(site.name, slot)].roll(i + 1, dims=0)
+        return mixed
+
+    def _all_runs(self, slot_inputs, inputs) -> dict[str, torch.Tensor]:
+        """Every non-source site's output from its given slots: one patched pass (``_run_all``) where the
+        adapter has one, else one ``_run`` per site."""
+        names = [site.name for site in self.sites.values() if not site.is_source]
+        if self._batched:
+            return self._counted("run_all", self._guarded_all, slot_inputs, inputs, names)
+        return {name: self._counted("run", self.run, name, {slot: slot_inputs[(name, slot)]
+                                                           for slot in self.sites[name].slots}, inputs, False)
+                for name in names}
+
+    def _guarded_all(self, slot_inputs, inputs, names):
+        try:
+            return self._run_all(slot_inputs, inputs, names)
+        except ModelError:
+            self.restore()
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.restore()
+            raise ModelError(f"the model raised in a pass with every site patched: {type(exc).__name__}: {exc}") from exc
+
+    def _independent_runs(self, inputs, outputs, given, mixed, rtol):
+        """Every site's ``_run`` on the mixed slots, from one pass with every site patched; checked by a
+        second pass that patches alternate sites with mixed slots and the rest with clean ones: each
+        site's output must follow its own slots only. None if some site's does not (then the caller
+        checks site by site)."""
+        if not mixed:
+            return {}
+        if not self._batched:
+            return self._all_runs(mixed, inputs)
+        everything = self._all_runs(mixed, inputs)
+        names = [site.name for site in self.sites.values() if not site.is_source]
+        alternate = {name: i % 2 == 0 for i, name in enumerate(names)}
+        half = {(name, slot): (mixed if alternate[name] else given)[(name, slot)]
+                for name in names for slot in self.sites[name].slots}
+        partial = self._all_runs(half, inputs)
+        rows = len(inputs)
+        for name in names:
+            expected = everything[name] if alternate[name] else outputs[name][:rows]
+            if not _close(partial[name], expected, rtol):
+                return None
+        return everything
+
+    def _run_all(self, slot_inputs: dict[tuple[str, str], torch.Tensor], inputs: torch.Tensor,
+                 names: list[str]) -> dict[str, torch.Tensor]:
+        """The outputs of the sites ``names``, each computed from its own slots in ``slot_inputs``, with
+        every one of those sites patched in the same forward pass. Optional: adapters that can patch many
+        sites at once override it; calibration checks the result follows each site's own slots only."""
+        raise NotImplementedError
+
+    def _shortcut_groups(self) -> list[tuple[Callable, dict[str, int]]]:
+        """Shortcuts checked many sites per call: ``(call, {site: k})`` where ``call(slot_inputs, inputs,
+        names)`` returns, for the listed sites ``names``, what option ``k`` of ``_shortcuts(site)``
+        computes, in one model call. Optional; sites in no group are checked one by one."""
+        return []
 
     def _shuffled_runs(self, inputs, slots) -> dict[str, torch.Tensor]:
         """Each non-source site run on its clean slots in a shuffled context (the raw inputs flipped):
         where that changes a site's output, sites read the raw input beyond their slots."""
         if inputs.shape[0] < 2:
             return {}
-        return {site.name: self.run(site.name, {slot: slots[(site.name, slot)] for slot in site.slots},
-                                    inputs.flip(0), shortcut=False)
-                for site in self.sites.values() if not site.is_source}
+        return self._all_runs(slots, inputs.flip(0))
 
-    def _verify_shortcuts(self, inputs, outputs, slots, shuffled, rtol: float) -> dict[str, Callable]:
+    def _verify_shortcuts(self, checks, rtol: float) -> dict[str, Callable]:
         """Per site, the first shortcut that gives ``_run``'s output: on the clean slots, on slots taken
-        from different examples (so a shortcut that confuses its slots shows), and in the ``shuffled``
-        contexts (given where sites read the raw input). A shortcut that raises or differs is not used."""
+        from different examples (``mixed``), and in the shuffled contexts (checked where sites read the raw
+        input). A shortcut that raises or differs is not used. Group shortcuts are checked on every site
+        of the group in one call per check, and once more with alternate sites given mixed slots and the
+        others clean ones (so a site's shortcut output must follow its own slots only)."""
+        passed: dict[tuple[str, int], bool] = {}
+        if self._batched:
+            for call, members in self._shortcut_groups():
+                names = [name for name in members if not self.sites[name].is_source]
+                ok = {name: True for name in names}
+                runs = list(checks.values())
+                if "mixed" in checks:
+                    given, context, clean = checks["clean"]
+                    mixed, _, expected = checks["mixed"]
+                    alternate = {name: i % 2 == 0 for i, name in enumerate(names)}
+                    half = {key: (mixed if alternate[key[0]] else given)[key] for key in given if key[0] in ok}
+                    runs.append((half, context, {name: (expected if alternate[name] else clean)[name]
+                                                 for name in names}))
+                for slot_inputs, context, expected in runs:
+                    got = self._group_matches(call, slot_inputs, context, names)
+                    for name in names:
+                        ok[name] = ok[name] and got is not None and _close(got[name], expected[name], rtol)
+                for name in names:
+                    passed[(name, members[name])] = ok[name]
         verified = {}
         for site in self.sites.values():
             options = self._shortcuts(site.name)
             if site.is_source or not options:
                 continue
-            given = {slot: slots[(site.name, slot)] for slot in site.slots}
-            checks = [(given, inputs, outputs[site.name])]
-            if inputs.shape[0] >= 2:
-                mixed = {slot: value.roll(i + 1, dims=0) for i, (slot, value) in enumerate(given.items())}
-                checks.append((mixed, inputs, self.run(site.name, mixed, inputs, shortcut=False)))
-            if site.name in shuffled:
-                checks.append((given, inputs.flip(0), shuffled[site.name]))
-            for option in options:
-                if all(self._matches(option, site.name, *check, rtol) for check in checks):
+            for k, option in enumerate(options):
+                if (site.name, k) not in passed:
+                    passed[(site.name, k)] = all(
+                        self._matches(option, site.name, {slot: slot_inputs[(site.name, slot)] for slot in site.slots},
+                                      context, expected[site.name], rtol)
+                        for slot_inputs, context, expected in checks.values())
+                if passed[(site.name, k)]:
                     verified[site.name] = option
                     break
         return verified
 
+    def _group_matches(self, call, slot_inputs, context, names):
+        self.calls["group"] = self.calls.get("group", 0) + 1
+        try:
+            with torch.no_grad():
+                return call(slot_inputs, context, names)
+        except Exception:  # noqa: BLE001 - a shortcut that fails is simply not used
+            self.restore()
+            return None
+
     def _verify_early_stops(self, inputs, rtol: float) -> frozenset[str]:
         """The sites at which a clean pass may stop: stopping there still reads every site up to it, with
         the values of a full pass (not so if hooks fire out of site order, or more than once)."""
-        full, _ = self._guarded(self._clean, inputs, False, None)
+        full, _ = self._counted("clean", self._guarded, self._clean, inputs, False, None)
         names = list(self.sites)
         safe = set()
         for i, name in enumerate(names):
             try:
-                part, _ = self._clean(inputs, False, name)
+                part, _ = self._counted("clean", self._clean, inputs, False, name)
             except Exception:  # noqa: BLE001 - a stop that fails is simply not used
                 self.restore()
                 continue
@@ -201,6 +327,7 @@ class ModelAdapter:
         return frozenset(safe)
 
     def _matches(self, option, site, given, context, expected, rtol) -> bool:
+        self.calls["shortcut"] = self.calls.get("shortcut", 0) + 1
         try:
             with torch.no_grad():
                 got = option(site, given, context)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import inspect
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from ..sites import ModelAdapter, Site
+from ..errors import ModelError
+from ..sites import ModelAdapter, Site, _close
 
 
 class _Captured(Exception):
@@ -62,26 +64,32 @@ class HookedSite:
         return hash(self.name)
 
 
-def transformer_sites(n_layers: int, n_heads: int, attn_only: bool = False) -> list[HookedSite]:
+def transformer_sites(n_layers: int, n_heads: int, attn_only: bool = False, parallel: bool = False,
+                      n_kv_heads: int | None = None) -> list[HookedSite]:
     """The standard site list of a TransformerLens-style transformer.
 
     ``embed`` (token + position embedding), one site per head ``a{L}.{H}`` with
     slots q/k/v, one per MLP ``m{L}``, and ``output`` (the logits, read from the
-    final residual stream). Every slot reads the sum of everything written before it.
+    final residual stream). Every slot reads the sum of everything written before it;
+    with ``parallel`` (GPT-NeoX/Pythia, GPT-J: attention and MLP read the same residual),
+    an MLP does not read its own block's heads.
     """
     sites: list[HookedSite] = [HookedSite("embed", HookRef("blocks.0.hook_resid_pre"), {}, ())]
     written: list[str] = ["embed"]
     for layer in range(n_layers):
         heads = []
         for head in range(n_heads):
-            slots = {s: HookRef(f"blocks.{layer}.hook_{s}_input", head) for s in "qkv"}
+            kv = head // (n_heads // n_kv_heads) if n_kv_heads else head  # grouped-query: heads share k/v
+            slots = {s: HookRef(f"blocks.{layer}.hook_{s}_input", head if s == "q" else kv) for s in "qkv"}
             name = f"a{layer}.{head}"
             sites.append(HookedSite(name, HookRef(f"blocks.{layer}.attn.hook_result", head), slots, tuple(written)))
             heads.append(name)
+        before = tuple(written)
         written += heads
         if not attn_only:
             slots = {"in": HookRef(f"blocks.{layer}.hook_mlp_in")}
-            sites.append(HookedSite(f"m{layer}", HookRef(f"blocks.{layer}.hook_mlp_out"), slots, tuple(written)))
+            sites.append(HookedSite(f"m{layer}", HookRef(f"blocks.{layer}.hook_mlp_out"), slots,
+                                    before if parallel else tuple(written)))
             written.append(f"m{layer}")
     final = HookRef(f"blocks.{n_layers - 1}.hook_resid_post")
     sites.append(HookedSite("output", None, {"in": final}, tuple(written)))
@@ -100,7 +108,13 @@ class HookedAdapter(ModelAdapter):
         self.n_positions = None
         self._positional = positional
         can_start = "start_at_layer" in inspect.signature(model.forward).parameters
-        self._starts = {s.name: _starts(s) for s in sites} if can_start else {}
+        self._skippable = _skippable_blocks(model) if can_start else []
+        starts = {s.name: _starts(s) for s in sites} if can_start else {}
+        # (block, entry slot, skip): with ``skip``, the blocks before the start are not run at all (a
+        # TransformerBridge's ``start_at_layer`` runs them and discards their output); best first
+        self._starts = {name: [(layer, entry, skip) for layer, entry in options
+                               for skip in ((True, False) if self._skippable else (False,))]
+                        for name, options in starts.items()}
         missing = {ref.hook for s in sites for ref in [s.output, *s.slots.values()] if ref} - set(model.hook_dict)
         if missing:
             raise ValueError(f"the model has no hook points named {sorted(missing)}; check the site list.")
@@ -118,7 +132,9 @@ class HookedAdapter(ModelAdapter):
         bridge.set_use_attn_result(True)
         bridge.set_use_hook_mlp_in(True)
         cfg = bridge.cfg
-        return cls(bridge, transformer_sites(cfg.n_layers, cfg.n_heads, attn_only=getattr(cfg, "attn_only", False)))
+        return cls(bridge, transformer_sites(cfg.n_layers, cfg.n_heads, attn_only=getattr(cfg, "attn_only", False),
+                                             parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
+                                             n_kv_heads=getattr(cfg, "n_key_value_heads", None)))
 
     def _clean(self, inputs, slots_too, upto=None, copy=False):
         """Readings are views of the model's tensors (no copy, as in TransformerLens's caches);
@@ -157,13 +173,171 @@ class HookedAdapter(ModelAdapter):
 
     def _shortcuts(self, site):
         alone = _alone(self.spec[site])
-        return [partial(self._from_layer, layer=layer, entry=entry, alone=alone)
-                for layer, entry in self._starts.get(site, [])]
+        return [partial(self._from_layer, layer=layer, entry=entry, alone=alone, skip=skip)
+                for layer, entry, skip in self._starts.get(site, [])]
 
-    def _from_layer(self, site, slot_inputs, inputs, layer: int, entry: str, alone: bool):
+    def _shortcut_groups(self):
+        """The shortcuts of every site that starts at the same block, checked in one call: option ``k`` of
+        each site's ``_shortcuts`` is ``_from_layer`` at ``_starts(site)[k]``; ``_from_block`` computes the
+        same for many sites at once (the block's heads and MLP in one block call)."""
+        groups: dict[tuple[int, bool], dict[str, int]] = {}
+        entries: dict[tuple[int, bool], dict[str, str]] = {}
+        for name, starts in self._starts.items():
+            for k, (layer, entry, skip) in enumerate(starts):
+                groups.setdefault((layer, skip), {})[name] = k
+                entries.setdefault((layer, skip), {})[name] = entry
+        return [(partial(self._from_block, layer=layer, entries=entries[(layer, skip)], skip=skip), members)
+                for (layer, skip), members in sorted(groups.items())]
+
+    def _from_block(self, slot_inputs, inputs, names, layer: int, entries: dict[str, str], skip: bool = False):
+        """Many sites' ``_from_layer`` in one call: start at block ``layer`` with the first site's entry slot
+        as the residual, write every listed site's slots, read every output, stop once all are read."""
+        first = names[0]
+
+        def call():
+            with self._skipping(layer if skip else 0):
+                return self.model(slot_inputs[(first, entries[first])], start_at_layer=layer)
+        return self._many(slot_inputs, names, call)
+
+    @contextmanager
+    def _skipping(self, layer: int):
+        """Blocks before ``layer`` pass their input through unchanged (their output is discarded anyway:
+        the start block swaps in the given residual). Used only where calibration verified it."""
+        skipped = self._skippable[:layer]
+        saved = [vars(module).get("forward") for module in skipped]
+        for module in skipped:
+            module.forward = _passthrough
+        try:
+            yield
+        finally:
+            for module, before in zip(skipped, saved):
+                if before is None:
+                    del module.forward
+                else:
+                    module.forward = before
+
+    def _run_all(self, slot_inputs, inputs, names):
+        """Every listed site's output in one full forward pass with all of their slots written."""
+        return self._many(slot_inputs, names, lambda: self.model(inputs))
+
+    def _many(self, slot_inputs, names, call):
+        """Run ``call`` with the slots of every site in ``names`` overwritten (one writer per hook point,
+        putting each head's value in its place), reading each site's output (a copy: the pass goes on
+        after the read); the pass stops once every output is read unless one is the return value.
+        Sites whose slots share a place (grouped-query heads share their k/v input) go in separate
+        calls: as many as the most sites sharing one place."""
+        rounds: list[tuple[list[str], set]] = []
+        for name in names:
+            places = {(ref.hook, ref.head) for ref in self.spec[name].slots.values()}
+            for members, used in rounds:
+                if not places & used:
+                    members.append(name)
+                    used |= places
+                    break
+            else:
+                rounds.append(([name], set(places)))
+        out: dict[str, torch.Tensor] = {}
+        for members, _ in rounds:
+            out.update(self._many_once(slot_inputs, members, call))
+        return {name: out[name] for name in names}
+
+    def _many_once(self, slot_inputs, names, call):
+        parts: dict[str, list] = {}
+        for name in names:
+            for slot, ref in self.spec[name].slots.items():
+                parts.setdefault(ref.hook, []).append((ref, slot_inputs[(name, slot)]))
+        read = [name for name in names if self.spec[name].output is not None]
+        returns = len(read) < len(names)
+        store: dict[str, torch.Tensor] = {}
+        hooks = [(self.spec[name].output.hook, self._collector(store, name, self.spec[name].output,
+                                                               None if returns else len(read)))
+                 for name in read]
+        hooks += [(hook, self._multi_writer(refs)) for hook, refs in parts.items()]
+        result = None
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            try:
+                result = call()
+            except _Captured:
+                pass
+        missing = [name for name in read if name not in store]
+        if missing:
+            raise ModelError(f"site {missing[0]!r} produced no output in a patched pass (its hook never fired).")
+        out = {name: store[name] for name in read}
+        for name in names:
+            if self.spec[name].output is None:
+                out[name] = result
+        return out
+
+    def _verify_early_stops(self, inputs, rtol: float) -> frozenset[str]:
+        """Where a clean pass may stop, from one traced pass: stopping at a site's output hook (its first
+        firing) reads every site up to it with a full pass's values iff each of their hooks has fired for
+        the last time by then. The deepest such stop is then run once and compared with a full pass;
+        should it differ, every stop is checked by running it (the generic check)."""
+        names = list(self.spec)
+        events: list[str] = []
+        hooks = [(hook, partial(self._tracer, events, hook)) for hook in
+                 dict.fromkeys(self.spec[name].output.hook for name in names if self.spec[name].output)]
+        self.calls["clean"] = self.calls.get("clean", 0) + 1
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            self.model(inputs)
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for i, hook in enumerate(events):
+            first.setdefault(hook, i)
+            last[hook] = i
+        safe = set()
+        for i, name in enumerate(names):
+            out = self.spec[name].output
+            if out is None:
+                stop = len(events)
+            elif out.hook in first:
+                stop = first[out.hook]
+            else:
+                continue
+            before = [self.spec[n].output for n in names[: i + 1]]
+            if all((ref is None and n == name) or (ref is not None and ref.hook in last and last[ref.hook] <= stop)
+                   for n, ref in zip(names[: i + 1], before)):
+                safe.add(name)
+        deepest = [name for name in names if name in safe and self.spec[name].output is not None]
+        if deepest:
+            full, _ = self._counted("clean", self._guarded, self._clean, inputs, False, None)
+            part, _ = self._counted("clean", self._guarded, self._clean, inputs, False, deepest[-1])
+            upto = names[: names.index(deepest[-1]) + 1]
+            if not all(n in part and _close(part[n], full[n], rtol) for n in upto):
+                return super()._verify_early_stops(inputs, rtol)
+        return frozenset(safe)
+
+    @staticmethod
+    def _tracer(events, name, value, hook):
+        events.append(name)
+
+    @staticmethod
+    def _collector(store, key, ref: HookRef, stop_after: int | None):
+        def hook(value, hook):
+            store[key] = ref.read(value).detach().clone()
+            if stop_after is not None and len(store) == stop_after:
+                raise _Captured
+        return hook
+
+    @staticmethod
+    def _multi_writer(refs: list):
+        """One hook writing several refs' values: per head in place, or the whole tensor at once."""
+        def hook(value, hook):
+            heads = [ref.head for ref, _ in refs]
+            if None not in heads and sorted(heads) == list(range(value.shape[2])):
+                ordered = sorted(refs, key=lambda item: item[0].head)
+                return torch.stack([new.to(value.dtype) for _, new in ordered], dim=2)
+            for ref, new in refs:
+                value = ref.write(value, new)
+            return value
+        return hook
+
+    def _from_layer(self, site, slot_inputs, inputs, layer: int, entry: str, alone: bool, skip: bool = False):
         """Start the forward pass at block ``layer`` (TransformerLens's ``start_at_layer``) with the
         ``entry`` slot as the residual: the slot hooks overwrite everything the site reads."""
-        call = lambda: self.model(slot_inputs[entry], start_at_layer=layer)  # noqa: E731
+        def call():
+            with self._skipping(layer if skip else 0):
+                return self.model(slot_inputs[entry], start_at_layer=layer)
         return self._patched(site, slot_inputs, call, others_matter=not alone)
 
     def _patched(self, site, slot_inputs, call, others_matter: bool = True):
@@ -217,6 +391,21 @@ def _alone(site: HookedSite) -> bool:
     refs = list(site.slots.values())
     return (site.output is not None and site.output.head is not None
             and all(ref.head == site.output.head for ref in refs) and len({ref.hook for ref in refs}) == len(refs))
+
+
+def _passthrough(*args, **kwargs):
+    """A skipped block's forward: its hidden states, unchanged."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _skippable_blocks(model) -> list:
+    """The modules a TransformerBridge's blocks wrap (``blocks[i].original_component``), whose forward may
+    be skipped before a ``start_at_layer``; [] for other models (their ``start_at_layer`` already skips)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "_setup_start_at_layer"):
+        return []
+    inner = [getattr(block, "original_component", None) for block in blocks]
+    return inner if all(isinstance(module, torch.nn.Module) for module in inner) else []
 
 
 def _starts(site: HookedSite) -> list[tuple[int, str]]:

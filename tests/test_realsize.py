@@ -1,0 +1,196 @@
+"""Real-size models (issue 13): plan and recipe work linear in the model, calibration in a constant number
+of passes, and the architectures a researcher boots from Hugging Face configs (GPT-2, GPT-NeoX, Llama
+with grouped-query attention) scrubbed exactly as the reference does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scrubbing import Edge, Hypothesis
+from scrubbing import plan as plan_module
+from scrubbing.adapters import HookedAdapter
+from scrubbing.execute import Engine
+from scrubbing.plan import Recompute
+from scrubbing.sites import ModelAdapter
+
+from .conftest import engine_and_reference, plan_for, random_tokens, tiny_transformer
+
+
+def _deep(n_layers: int) -> Hypothesis:
+    """embed -> a0.0 -> last layer's head 1 -> output, every edge on the default ``via="all"``: the
+    recipes recompute every site in between, through a residual stream with exponentially many paths."""
+    h = Hypothesis(f"deep {n_layers}", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs % 2)
+    h.node("first", "a0.0", lambda d: d.inputs[:, 0] % 2, parents=["tok"])
+    h.node("last", f"a{n_layers - 1}.1", lambda d: d.inputs[:, 1] % 2,
+           parents=[Edge("first", into="k"), Edge("tok", into="v")])
+    h.output(parents=["last"])
+    return h
+
+
+REFS = 6
+
+
+class _CountedSlots(tuple):
+    """A recipe term's slots that count how often anything walks them."""
+
+    walks = 0
+
+    def __iter__(self):
+        _CountedSlots.walks += 1
+        return super().__iter__()
+
+
+def _counted(term, memo):
+    """The same recipe DAG (shared sub-terms stay shared) with counting slots."""
+    if not isinstance(term, Recompute):
+        return term
+    if id(term) not in memo:
+        memo[id(term)] = Recompute(term.site, _CountedSlots(
+            (slot, tuple((parent, _counted(sub, memo)) for parent, sub in entries)) for slot, entries in term.slots))
+    return memo[id(term)]
+
+
+def _work(n_layers: int) -> dict[str, int]:
+    model = tiny_transformer(n_layers=n_layers)
+    data = random_tokens(40, 4, 5)
+    adapter = HookedAdapter.for_transformer(model, n_layers, 2)
+    adapter.calibrate(data.inputs[:32])
+    built = {"n": 0}
+    original = plan_module.Recompute
+
+    def counting(*args, **kwargs):
+        built["n"] += 1
+        return original(*args, **kwargs)
+
+    plan_module.Recompute = counting
+    try:
+        plan = plan_for(_deep(n_layers), adapter, data, torch.arange(REFS))
+    finally:
+        plan_module.Recompute = original
+    memo: dict = {}
+    plan.recipes = {name: None if recipe is None else _counted(recipe, memo) for name, recipe in plan.recipes.items()}
+    _CountedSlots.walks = 0
+    engine = Engine(adapter, data)
+    engine.outputs(plan)
+    return {"terms_built": built["n"], "term_walks": _CountedSlots.walks,
+            "requested_rows": engine.stats["requested_rows"], "sites": len(adapter.sites)}
+
+
+def test_plan_and_recipe_work_grow_linearly_with_layers():
+    """Count the work (Recompute terms the plan builds, walks over a term's slots by anything in the engine,
+    rows requested), not the time: the work each added site brings stays flat from 2 to 12 layers. A tree
+    walk of the recipes (the paths through a residual stream) doubles with every layer."""
+    work = {n: _work(n) for n in (2, 4, 8, 12)}
+    for key in ("terms_built", "term_walks", "requested_rows"):
+        # the work each added site brings: constant (linear growth), where a tree walk's would double per layer
+        slope = {(a, b): (work[b][key] - work[a][key]) / (work[b]["sites"] - work[a]["sites"])
+                 for a, b in ((2, 4), (4, 8), (8, 12))}
+        assert slope[(8, 12)] <= 1.25 * slope[(4, 8)] and slope[(4, 8)] <= 1.25 * slope[(2, 4)], (key, slope, work)
+        # a site is recomputed at most once per set of active edges (here 3: first, tok, both), per reference;
+        # each term is walked a few times (parents, compile), never once per path through it
+        per = {"terms_built": 1, "term_walks": 3, "requested_rows": REFS}[key]
+        assert work[12][key] <= 3 * work[12]["sites"] * per, (key, work)
+
+
+class _Counting(HookedAdapter):
+    """Counts every model call calibration makes, by kind."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counted: dict[str, int] = {}
+
+    def _count(self, kind):
+        self.counted[kind] = self.counted.get(kind, 0) + 1
+
+    def _clean(self, *args, **kwargs):
+        self._count("clean")
+        return super()._clean(*args, **kwargs)
+
+    def _run(self, *args, **kwargs):
+        self._count("run")
+        return super()._run(*args, **kwargs)
+
+    def _from_layer(self, *args, **kwargs):
+        self._count("shortcut")
+        return super()._from_layer(*args, **kwargs)
+
+    def _from_block(self, *args, **kwargs):
+        self._count("block")
+        return super()._from_block(*args, **kwargs)
+
+    def _run_all(self, *args, **kwargs):
+        self._count("run_all")
+        return super()._run_all(*args, **kwargs)
+
+
+def _calibration_calls(n_layers: int, n_heads: int) -> dict[str, int]:
+    model = tiny_transformer(n_layers=n_layers, n_heads=n_heads)
+    data = random_tokens(64, 4, 5)
+    adapter = _Counting(model, HookedAdapter.for_transformer(model, n_layers, n_heads).spec.values())
+    adapter.calibrate(data.inputs)
+    assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}
+    return adapter.counted
+
+
+def test_calibration_makes_a_constant_number_of_passes():
+    """Full passes (clean, every-site-patched) do not depend on the number of sites; shortcut checks are a
+    few calls per block start (each runs one block), never one per site."""
+    few, many_heads, many_layers = _calibration_calls(2, 2), _calibration_calls(2, 8), _calibration_calls(6, 2)
+    assert few == many_heads, (few, many_heads)  # 4x the heads: the same calls
+    for kind in ("clean", "run_all"):
+        assert few[kind] == many_layers[kind] <= 4, (few, many_layers)
+    assert few.get("run", 0) == few.get("shortcut", 0) == many_layers.get("run", 0) == 0
+    assert many_layers["block"] <= 4 * (6 + 1)  # three checks and a half-mixed one per block start
+
+
+class _SiteBySite(HookedAdapter):
+    """The same adapter with the batched calibration turned off: every site checked alone."""
+
+    _run_all = ModelAdapter._run_all
+    _verify_early_stops = ModelAdapter._verify_early_stops
+
+    def _shortcut_groups(self):
+        return []
+
+
+def test_batched_calibration_decides_what_site_by_site_calibration_decides(small):
+    model, data, batched = small
+    alone = _SiteBySite(model, batched.spec.values())
+    alone.calibrate(data.inputs[:32])
+    assert set(alone.shortcuts) == set(batched.shortcuts)
+    assert alone.early_stops == batched.early_stops and alone.uses_context == batched.uses_context
+    for key, offset in alone._offsets.items():
+        torch.testing.assert_close(offset, batched._offsets[key])
+
+
+# -- architectures through boot_transformers --------------------------------------------------------
+def _arch_hypothesis() -> Hypothesis:
+    """Split q/k/v edges, per-head results and MLP sites; paths that exist in sequential and parallel blocks."""
+    h = Hypothesis("arch", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs % 2)
+    h.node("prev", "a0.1", lambda d: d.inputs % 3, parents=["tok"])
+    h.node("mix", "m0", lambda d: d.inputs[:, 0] % 2, parents=["tok"])
+    h.node("reader", "a1.2", lambda d: d.inputs[:, -1] % 2,
+           parents=[Edge("mix", into="k"), Edge("prev", into="v"), Edge("tok", into="q")])
+    h.output(parents=["reader", Edge("mix", via="direct"), Edge("prev", via="direct")])
+    return h
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "neox", "llama"])
+def test_bridge_architecture_scrubs_like_the_reference(kind):
+    pytest.importorskip("transformers")
+    from benchmarks.perf.realsize import boot, tokens
+
+    bridge = boot(kind, n_layers=2, n_heads=4, d_model=16, vocab=11, n_ctx=5)
+    data = tokens(60, 5, 11)
+    adapter = HookedAdapter.for_bridge(bridge)
+    adapter.calibrate(data.inputs[:32])
+    assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}
+    if kind == "llama":  # grouped-query attention: 4 query heads read 2 key/value heads
+        assert adapter.spec["a0.3"].slots["k"].head == 1 and adapter.spec["a0.3"].slots["q"].head == 3
+    if kind == "neox":  # parallel attention and MLP: the MLP does not read its own block's heads
+        assert "a0.0" not in adapter.sites["m0"].parents and "a0.0" in adapter.sites["m1"].parents
+    engine, reference = engine_and_reference(_arch_hypothesis(), adapter, data, torch.arange(5), seed=2)
+    torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-4)
