@@ -1,9 +1,14 @@
-"""The oracle: the published algorithm, one reference at a time, with no sharing and no cache tricks.
+"""The oracle: DESIGN.md §2's algorithm, one reference at a time, treeified here from the hypothesis.
 
-``run(n, x)`` from DESIGN.md §2, executing the draws a ``Plan`` recorded. It is slow
-(every instance is a fresh batch-1 forward pass from the input, never an adapter's
-shortcut) and short, so it can be read in one
-sitting; the batched engine must agree with it on every plan.
+It shares only the *draws* with a ``Plan``: which example each instance of a tree path runs on,
+and its random draw r (``plan.instances[path]``). Which model sites an edge recomputes, which slots
+it feeds and where every other input comes from, it derives itself from the hypothesis's edges
+and the adapter's sites, so a bug in the plan's routing cannot pass both. It is slow (every value
+is a fresh batch-1 forward pass from the input, never an adapter's shortcut) and short enough to
+read in one sitting; the batched engine must agree with it on every plan.
+
+Values are memoised per instance by (site, edges whose paths it carries): cost grows with
+sites × edges, never with the number of paths (a 12-layer residual stream has astronomically many).
 """
 
 from __future__ import annotations
@@ -12,49 +17,82 @@ from functools import cache
 
 import torch
 
-from .plan import FromDraw, FromParent, Plan
+from .hypothesis import OUTPUT, BoundHypothesis, Edge, Hypothesis
+from .plan import Plan
 from .sites import Dataset, ModelAdapter
 
 
-def reference_outputs(plan: Plan, adapter: ModelAdapter, data: Dataset) -> torch.Tensor:
-    """The scrubbed output of every reference in the plan."""
+def reference_outputs(plan: Plan, adapter: ModelAdapter, data: Dataset, hypothesis: Hypothesis | BoundHypothesis,
+                      visits: set | None = None) -> torch.Tensor:
+    """The scrubbed output of every reference in the plan, by the algorithm of DESIGN.md §2.
 
-    @cache  # values are cloned: they are kept across later model calls
-    def clean_run(example: int) -> dict[str, torch.Tensor]:
-        return {site: value.clone() for site, value in adapter.clean(data.inputs[example:example + 1]).items()}
+    ``hypothesis`` is the one the plan was drawn for; ``visits``, if given, collects every
+    (tree path, instance index) whose draws were read.
+    """
+    bound = hypothesis if isinstance(hypothesis, BoundHypothesis) else hypothesis.bind(adapter, data)
+    sites, site_of = adapter.sites, bound.sites  # model sites; node -> its site
+    claimed = set(site_of.values())
 
-    def clean(example: int, site: str) -> torch.Tensor:
-        return clean_run(example)[site]
+    def allowed(edge: Edge) -> set[str]:
+        """The sites an edge may recompute on its way from its parent's site to its child's."""
+        if edge.via == "direct":
+            return set()
+        if edge.via == "all":  # every site no node claims and that does not read the raw input
+            return {name for name, site in sites.items() if name not in claimed and site.slots}
+        return set(edge.via)
+
+    @cache
+    def on_path(site: str, edge: Edge) -> bool:
+        """Is ``site`` an allowed intermediate reachable from the edge's source through allowed sites?"""
+        return site in allowed(edge) and any(
+            parent == site_of[edge.parent] or on_path(parent, edge) for parent in sites[site].parents)
 
     @cache  # a pure function of the plan: memoised only to keep the oracle fast enough to use
+    def clean(example: int) -> dict[str, torch.Tensor]:
+        return {site: value.clone() for site, value in adapter.clean(data.inputs[example:example + 1]).items()}
+
+    @cache
     def run(path: tuple[str, ...], index: tuple[int, ...]) -> torch.Tensor:
-        """Output of the node at ``path``, for its instance at ``index``."""
-        node = path[-1]
-        instance = plan.instances[path]
+        """Output of the node at ``path`` (output, its parent, ...) for its instance at ``index``."""
+        node, instance = path[-1], plan.instances[path]
+        if visits is not None:
+            visits.add((path, index))
         x = int(instance.examples[index])
-        recipe = plan.recipes[node]
-        if recipe is None:  # a leaf reads its whole input from its own sample
-            return clean(x, plan.sites[node])
+        if bound.is_leaf(node):  # a leaf reads its whole input from its own sample
+            return clean(x)[site_of[node]]
         r = int(instance.draws[index])
+        memo: dict[tuple[str, frozenset], torch.Tensor] = {}
 
-        def value(site: str, term) -> torch.Tensor:
-            if isinstance(term, FromParent):
-                below = path + (term.node,)
-                if not plan.positional[term.node]:
-                    return run(below, index)
-                positions = [run(below, index + (t,))[:, t] for t in range(adapter.n_positions)]
-                return torch.stack(positions, dim=1)
-            if isinstance(term, FromDraw):
-                return clean(r, site)
-            return compute(term)
+        def from_parent(edge: Edge) -> torch.Tensor:
+            below = path + (edge.parent,)
+            if not bound.is_positional(edge.parent):
+                return run(below, index)
+            # per position: position t of the input is position t of the parent's instance t
+            return torch.stack([run(below, index + (t,))[:, t] for t in range(adapter.n_positions)], dim=1)
 
-        def compute(recipe) -> torch.Tensor:
-            slots = {
-                slot: adapter.slot_input(recipe.site, slot, [value(site, term) for site, term in entries])
-                for slot, entries in recipe.slots
-            }
-            return adapter.run(recipe.site, slots, data.inputs[x:x + 1], shortcut=False).clone()
+        def value(site: str, active: frozenset) -> torch.Tensor:
+            """The value of ``site`` feeding an input whose claimed paths are those of the ``active`` edges."""
+            if (site, active) not in memo:
+                sources = [edge for edge in active if site_of[edge.parent] == site]
+                assert len(sources) <= 1, f"two edges claim site {site!r} into one slot of {node!r}"
+                onward = frozenset(edge for edge in active if on_path(site, edge))
+                if sources:
+                    memo[site, active] = from_parent(sources[0])
+                elif onward:  # on a claimed path: recompute it, its inputs routed the same way
+                    memo[site, active] = evaluate(site, {slot: onward for slot in sites[site].slots})
+                else:  # left out: the clean value on the node's random draw
+                    memo[site, active] = clean(r)[site]
+            return memo[site, active]
 
-        return compute(recipe)
+        def evaluate(site: str, active: dict[str, frozenset]) -> torch.Tensor:
+            slots = {slot: adapter.slot_input(site, slot, [value(parent, active[slot]) for parent in sites[site].parents])
+                     for slot in sites[site].slots}
+            return adapter.run(site, slots, data.inputs[x:x + 1], shortcut=False).clone()
 
-    return torch.cat([run(("output",), (i,)) for i in range(len(plan.refs))])
+        edges = bound.edges(node)
+        own = sites[site_of[node]]
+        return evaluate(own.name, {slot: frozenset(e for e in edges if e.into is None or slot in e.into)
+                                   for slot in own.slots})
+
+    refs = plan.instances[(OUTPUT,)].examples
+    return torch.cat([run((OUTPUT,), (i,)) for i in range(len(refs))])

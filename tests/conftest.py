@@ -41,14 +41,20 @@ def adapter_for(model: TinyTransformer, data: Dataset) -> HookedAdapter:
     return adapter
 
 
-def plan_for(hypothesis, adapter, data, refs, seed: int = 0):
+def bound_and_plan(hypothesis, adapter, data, refs, seed: int = 0, sampler=None):
+    """The bound hypothesis and a plan drawn for it (by default with the random sampler)."""
     bound = hypothesis.bind(adapter, data)
-    return make_plan(bound, refs, RandomSampler(class_tables(bound.classes)), np.random.default_rng(seed))
+    sampler = sampler or RandomSampler(class_tables(bound.classes))
+    return bound, make_plan(bound, refs, sampler, np.random.default_rng(seed))
 
 
-def engine_and_reference(hypothesis, adapter, data, refs, seed: int = 0, batch_size: int = 7):
-    plan = plan_for(hypothesis, adapter, data, refs, seed)
-    return Engine(adapter, data, batch_size=batch_size).outputs(plan), reference_outputs(plan, adapter, data)
+def plan_for(hypothesis, adapter, data, refs, seed: int = 0):
+    return bound_and_plan(hypothesis, adapter, data, refs, seed)[1]
+
+
+def engine_and_reference(hypothesis, adapter, data, refs, seed: int = 0, batch_size: int = 7, sampler=None):
+    bound, plan = bound_and_plan(hypothesis, adapter, data, refs, seed, sampler)
+    return Engine(adapter, data, batch_size=batch_size).outputs(plan), reference_outputs(plan, adapter, data, bound)
 
 
 @pytest.fixture

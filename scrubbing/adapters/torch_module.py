@@ -1,7 +1,8 @@
 """Adapter for a plain torch module whose sites are named submodules.
 
 A site's output is its submodule's output; its one slot, ``in``, is the
-submodule's first positional input. Sites with no parents read the raw input.
+submodule's first positional input. Sites with no parents read the raw input;
+no other site may (calibration refuses one that does, see ``TorchModuleAdapter``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ..sites import ModelAdapter, Site
 
 
@@ -21,6 +23,14 @@ class TorchModuleAdapter(ModelAdapter):
 
     Example: ``{"embed": (), "mlp0": ("embed",), "unembed": ("embed", "mlp0")}``
     for a residual MLP whose stream after ``mlp0`` feeds ``unembed``.
+
+    A site with parents must read nothing but its slot: a submodule that also reads the raw
+    input (a mask or a skip connection computed from ``x`` in the parent's forward, passed as a
+    second argument or captured) would keep that input from the instance's own example, where
+    causal scrubbing takes every input no edge claims from the random draw r. ``calibrate``
+    runs each site on its clean slot in shuffled contexts and refuses such a site (a
+    ``ModelError`` naming it); declare the submodule that reads the input as a site of its own
+    (a parent, with no parents itself) instead.
     """
 
     def __init__(self, model: nn.Module, sites: dict[str, tuple[str, ...]], output: str, positional: bool = False):
@@ -80,6 +90,23 @@ class TorchModuleAdapter(ModelAdapter):
         finally:
             self.restore()
         raise RuntimeError(f"site {site!r} was never reached by the forward pass")
+
+    def _shuffled_runs(self, inputs, slots):
+        """As ``ModelAdapter._shuffled_runs``, and refuse a site whose output moves with the raw input alone."""
+        shuffled = super()._shuffled_runs(inputs, slots)
+        for site, value in shuffled.items():
+            given = {slot: slots[(site, slot)] for slot in self.sites[site].slots}
+            same = self.run(site, given, inputs, shortcut=False)
+            if not torch.allclose(value, same, atol=1e-5, rtol=1e-4):
+                raise ModelError(
+                    f"site {site!r} reads the model's raw input beyond its slot: given the same slot, its output "
+                    "changes when only the raw input changes (e.g. a mask or a skip connection computed from the input "
+                    "in the parent module's forward). Causal scrubbing takes every input no edge claims from the "
+                    "random draw r; this one would silently stay on the instance's own example. Move what reads the "
+                    "raw input into a submodule of its own and declare it as a site with no parents (a source) that "
+                    f"feeds {site!r}'s input, so it is resampled like any other parent."
+                )
+        return shuffled
 
     def _shortcuts(self, site):
         return [self._module_alone]
