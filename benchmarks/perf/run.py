@@ -99,7 +99,7 @@ def reference_clean_examples(plan) -> torch.Tensor:
     return torch.unique(torch.cat(found))
 
 
-def projected_reference(task, plan, k: int) -> dict:
+def projected_reference(task, hypothesis, plan, k: int) -> dict:
     """Reference seconds for all of ``plan``'s references: distinct clean runs x their batch-1 cost + references x
     the per-reference cost with clean runs already cached (both measured on the first ``k`` references)."""
     chunk = plan.chunk(0, k)
@@ -108,7 +108,8 @@ def projected_reference(task, plan, k: int) -> dict:
     inputs = task.data.inputs
     warm_s, _ = timed(lambda: [memo.clean(inputs[e:e + 1]) for e in needed.tolist()])
     before = len(memo.memo)
-    cached_s, _ = timed(lambda: reference_outputs(chunk, memo, task.data))
+    bound = hypothesis.bind(task.adapter, task.data)
+    cached_s, _ = timed(lambda: reference_outputs(chunk, memo, task.data, bound))
     per_clean, per_ref = warm_s / max(len(needed), 1), cached_s / k
     distinct = len(reference_clean_examples(plan))
     return {"clean_run_s": per_clean, "per_ref_s_with_clean_cached": per_ref, "distinct_clean_examples": distinct,
@@ -147,13 +148,13 @@ def engine_case(case: cases.Case, n_refs: int, k_ref: int, reps: int, log) -> di
 
     # the reference: k and 2k references of the same plan (its memo cache warms up with more references)
     # (best of ``reps`` too, like the engine: each call starts with an empty memo, so the runs are alike)
-    ref = interleaved(reps, k=lambda: reference_outputs(plan.chunk(0, k_ref), task.adapter, task.data),
-                      two_k=lambda: reference_outputs(plan.chunk(0, 2 * k_ref), task.adapter, task.data))
+    ref = interleaved(reps, k=lambda: reference_outputs(plan.chunk(0, k_ref), task.adapter, task.data, hyp),
+                      two_k=lambda: reference_outputs(plan.chunk(0, 2 * k_ref), task.adapter, task.data, hyp))
     (ref_k_s, _, _), (ref_2k_s, ref_2k_all, ref_2k) = ref["k"], ref["two_k"]
     diff = float((ref_2k - outputs[: 2 * k_ref]).abs().max())
     engine_rate = len(plan.refs) / engine_s
     ref_rate = 2 * k_ref / ref_2k_s
-    projected = projected_reference(task, plan, 2 * k_ref)
+    projected = projected_reference(task, hyp, plan, 2 * k_ref)
     result = {
         "task": task.name, "hypothesis": hyp.name, "n_refs": len(plan.refs), "plan_s": plan_s,
         "engine_s": engine_s, "engine_s_all": engine_times, "engine_refs_per_s": engine_rate,
@@ -300,7 +301,7 @@ def _scaling_point(task, hypothesis, n_refs: int, k: int, reps: int) -> dict:
     rows = stats["clean_rows"] + stats["computed_rows"]
     m = interleaved(reps, engine=run_engine,
                     limit=lambda: plain_forward(task.adapter.model, task.data.inputs, rows, engines[-1].batch_size))
-    ref_s, _ = timed(lambda: reference_outputs(plan.chunk(0, k), task.adapter, task.data))
+    ref_s, _ = timed(lambda: reference_outputs(plan.chunk(0, k), task.adapter, task.data, hypothesis))
     return {"hypothesis": hypothesis.name, "engine_s": m["engine"][0], "engine_stats": stats,
             "limit_s": m["limit"][0], "efficiency_vs_limit": m["limit"][0] / m["engine"][0],
             "reference_s_per_ref": ref_s / k,
