@@ -181,17 +181,31 @@ def judge(run: dict, expectations) -> list[CheckResult]:
     return [result for e in expectations for result in e.judge(run)]
 
 
-def compare_to_baseline(run: dict, baseline: dict, metrics=("scrubbed_loss", "loss_gap", "abs_gap", "recovered")
-                        ) -> list[CheckResult]:
-    """A pinned result: fail where a figure's new interval and its stored interval do not overlap."""
+def compare_to_baseline(run: dict, baseline: dict, metrics=("scrubbed_loss", "loss_gap", "abs_gap", "recovered",
+                                                           "per_example_recovered")) -> list[CheckResult]:
+    """A pinned result: fail where a figure's new interval and its stored interval do not overlap, where a pinned
+    regime or figure is no longer measured, and where the verdict changed."""
     out = []
+    if baseline.get("verdict") and run.get("verdict") and baseline["verdict"] != run["verdict"]:
+        out.append(CheckResult("pinned verdict", False, f"verdict {run['verdict']}, pinned {baseline['verdict']}: "
+                                                        "changed"))
     for regime, stored in baseline["regimes"].items():
         now = run["regimes"].get(regime, {})
-        if stored.get("status") != "ok" or now.get("status") != "ok":
+        if stored.get("status") != "ok":
+            continue
+        if now.get("status") != "ok":
+            out.append(CheckResult(f"pinned {regime}", False, f"{regime}: pinned, but not measured now (regime "
+                                                              f"{now.get('status', 'missing')})", regime=regime))
             continue
         for metric in metrics:
+            if f"{metric}_ci" not in stored:
+                continue  # pinned before the figure existed
             (a_low, a_high), (b_low, b_high) = now[f"{metric}_ci"], stored[f"{metric}_ci"]
-            if None in (a_low, a_high, b_low, b_high):
+            if None in (b_low, b_high):
+                continue
+            if None in (a_low, a_high):
+                out.append(CheckResult(f"pinned {metric} ({regime})", False, f"{regime}: {metric} is undefined now, "
+                                       f"pinned {stored[metric]:.4g} [{b_low:.4g}, {b_high:.4g}]", regime=regime))
                 continue
             passed = a_low <= b_high and b_low <= a_high
             out.append(CheckResult(f"pinned {metric} ({regime})", passed,

@@ -80,7 +80,7 @@ E[loss] gap and E[|Δloss|] gap side by side, each with its 95% paired-bootstrap
 <dl>
 <dt>verdict</dt><dd>one per hypothesis, over every regime that ran: <b>holds</b> (every regime within tolerance of
 100% recovered, in the mean and per example), <b>refuted</b> (some regime, named, moves the mean clearly),
-<b>cancels</b> (the mean looks explained, the per-example change clearly is not), <b>inconclusive</b> (intervals too
+<b>cancels</b> (the mean is explained, the per-example change clearly is not), <b>inconclusive</b> (intervals too
 wide to say, or no behaviour to explain)</dd>
 <dt>scrubbed loss</dt><dd>loss when the model runs on the treeified, resampled inputs</dd>
 <dt>E[loss] gap</dt><dd>scrubbed − model, averaged: what causal scrubbing has always reported</dd>
@@ -149,9 +149,10 @@ def _cell(reg: dict, key: str, signed: bool = False, percent: bool = False, plai
 
 def _verdict_badge(run: dict) -> str:
     verdict = run.get("verdict") or "inconclusive"
-    by = run.get("verdict_regimes") or []
+    by, not_run = run.get("verdict_regimes") or [], run.get("verdict_not_run") or []
+    sub = f"by {', '.join(by)}" if by else (f"not run: {', '.join(not_run)}" if not_run else "")
     return (f'<span class="verdict {_e(verdict)}" title="{_e(run.get("verdict_reason", ""))}">{_e(verdict.upper())}'
-            f'</span>' + (f'<div class="sub">by {_e(", ".join(by))}</div>' if by else ""))
+            f'</span>' + (f'<div class="sub">{_e(sub)}</div>' if sub else ""))
 
 
 def _flags(reg: dict) -> str:
@@ -160,7 +161,7 @@ def _flags(reg: dict) -> str:
         out.append(f'<span class="verdict small {_e(reg["verdict"])}" title="{_e(reg.get("verdict_reason", ""))}">'
                    f'{_e(reg["verdict"])}</span>')
     if _cancels(reg):
-        out.append('<span class="flag cancels" title="the mean looks explained, the per-example change is not">'
+        out.append('<span class="flag cancels" title="the mean is explained, the per-example change is not">'
                    "CANCELS</span>")
     for check in reg.get("failed_expectations") or []:
         out.append(f'<div class="failed-expectation">FAIL {_e(check)}</div>')

@@ -85,6 +85,7 @@ class RunResult:
             "verdict": self.verdict.verdict if self.verdict else None,
             "verdict_regimes": list(self.verdict.regimes) if self.verdict else [],
             "verdict_reason": self.verdict.reason if self.verdict else "",
+            "verdict_not_run": list(self.verdict.not_run) if self.verdict else [],
             "tolerance": self.tolerance,
             "seed": self.seed,
             "n_refs": self.n_refs,
@@ -161,6 +162,8 @@ def _verdict_text(verdict: Verdict | None) -> Text:
     text = Text(verdict.verdict.upper(), style=_STYLE[verdict.verdict])
     if verdict.regimes:
         text.append(f"\nby {', '.join(verdict.regimes)}", style="dim")
+    elif verdict.not_run:
+        text.append(f"\nnot run: {', '.join(verdict.not_run)}", style="dim")
     return text
 
 

@@ -131,9 +131,9 @@ class ModelAdapter:
         Cost, for an adapter that patches every site in one pass (``_run_all``) and checks
         shortcuts by block (``_shortcut_groups``), such as ``HookedAdapter``: a constant
         number of forward passes whatever the number of sites — one clean pass with slots
-        and one shuffled-context pass on ``inputs``, two patched passes on the first
-        ``CHECK_ROWS`` rows, three calls per shortcut group on those rows (each about one
-        block), and one traced pass on 16 rows for the early stops. ``calls`` counts them.
+        and one shuffled-context pass on ``inputs``, two patched passes, three calls per
+        shortcut group (each about one block), all on every row of ``inputs``, and one traced
+        pass on 16 rows for the early stops. ``calls`` counts them.
         """
         self.calls = {}
         outputs, slots = self._counted("clean", self._guarded, self._clean, inputs, True)
@@ -157,7 +157,7 @@ class ModelAdapter:
                 offsets[(site.name, slot)] = offset[0]
         self._offsets = offsets
         self._batched = type(self)._run_all is not ModelAdapter._run_all
-        rows = min(len(inputs), self.CHECK_ROWS) if self._batched else len(inputs)
+        rows = len(inputs)  # every row: a shortcut wrong only on rarer inputs must not pass
         given = {key: value[:rows] for key, value in slots.items()}
         mixed = self._mixed(given) if rows >= 2 else {}
         expected_mixed = self._independent_runs(inputs[:rows], outputs, given, mixed, rtol)
@@ -182,7 +182,6 @@ class ModelAdapter:
         self.shortcuts = self._verify_shortcuts(checks, rtol)
         self.early_stops = self._verify_early_stops(inputs[:16], rtol)
 
-    CHECK_ROWS = 64  # rows on which shortcuts are checked (the sum decomposition and context use every row)
     _batched = False  # True while calibrate() checks many sites per pass (the adapter has ``_run_all``)
 
     def _counted(self, what: str, fn, *args):

@@ -11,8 +11,7 @@ either side: a scrub that lowers the loss is as much a change as one that raises
 interval lies beyond, and is *unclear* otherwise. Then, per regime:
 
     refuted       the mean moves
-    cancels       the mean looks explained (holds, or is unclear) while the per-example change moves: changes
-                  of both signs average out
+    cancels       the mean holds while the per-example change moves: changes of both signs average out
     holds         both hold
     inconclusive  anything else (intervals too wide, or no behaviour to explain)
 
@@ -50,9 +49,11 @@ class Verdict:
     verdict: str
     regimes: tuple[str, ...]  # the regimes that decide it (those that refute, or cancel); empty otherwise
     reason: str
+    not_run: tuple[str, ...] = ()  # regimes the verdict could not consult
 
     def label(self) -> str:
-        return self.verdict + (f" ({', '.join(self.regimes)})" if self.regimes else "")
+        text = self.verdict + (f" ({', '.join(self.regimes)})" if self.regimes else "")
+        return text + (f" [not run: {', '.join(self.not_run)}]" if self.not_run and not self.regimes else "")
 
 
 def check_tolerance(tolerance: float) -> float:
@@ -82,28 +83,33 @@ def judge_regime(figures: dict, tolerance: float = DEFAULT_TOLERANCE) -> RegimeV
     if mean == "moves":
         return RegimeVerdict("refuted", mean, per_example, f"% recovered lies clearly outside {pct}–"
                                                            f"{round(100 * (1 + tolerance))}%")
-    if mean in ("holds", "unclear") and per_example == "moves":
+    if mean == "holds" and per_example == "moves":
         return RegimeVerdict("cancels", mean, per_example,
-                             f"the mean looks explained, but per-example recovered lies clearly below {pct}")
+                             f"the mean is explained, but per-example recovered lies clearly below {pct}")
     if mean == "holds" and per_example == "holds":
         return RegimeVerdict("holds", mean, per_example, f"% recovered and per-example recovered both at least {pct}")
     if mean == "undefined":
         why = "% recovered is undefined: the model does no measurably better than the baseline"
+        if per_example == "moves":
+            why += f" (per-example recovered lies clearly below {pct}: each example's loss does move)"
     else:
         why = "an interval straddles the tolerance: more references would decide it"
     return RegimeVerdict("inconclusive", mean, per_example, why)
 
 
 def judge_run(regimes: dict[str, dict], tolerance: float = DEFAULT_TOLERANCE) -> Verdict:
-    """The hypothesis's verdict over the regimes that ran (``status == "ok"``)."""
+    """The hypothesis's verdict over the regimes that ran (``status == "ok"``); those that did not are named, so a
+    "holds" from the random regime alone never reads as one from every regime."""
     judged = {name: judge_regime(f, tolerance) for name, f in regimes.items() if f.get("status") == "ok"}
+    not_run = tuple(name for name in regimes if name not in judged)
     if not judged:
-        return Verdict("inconclusive", (), "no regime ran")
+        return Verdict("inconclusive", (), "no regime ran", not_run)
     for word in ("refuted", "cancels"):
         deciding = tuple(name for name, v in judged.items() if v.verdict == word)
         if deciding:
-            return Verdict(word, deciding, "; ".join(f"{n}: {judged[n].reason}" for n in deciding))
+            return Verdict(word, deciding, "; ".join(f"{n}: {judged[n].reason}" for n in deciding), not_run)
+    missing = f"; not run: {', '.join(not_run)}" if not_run else ""
     if all(v.verdict == "holds" for v in judged.values()):
-        return Verdict("holds", (), f"holds under {', '.join(judged)}")
+        return Verdict("holds", (), f"holds under {', '.join(judged)}{missing}", not_run)
     unclear = [n for n, v in judged.items() if v.verdict == "inconclusive"]
-    return Verdict("inconclusive", (), "; ".join(f"{n}: {judged[n].reason}" for n in unclear))
+    return Verdict("inconclusive", (), "; ".join(f"{n}: {judged[n].reason}" for n in unclear) + missing, not_run)

@@ -247,3 +247,39 @@ def test_a_site_whose_hook_never_fires_is_named():
     adapter = HookedAdapter(model, sites)
     with pytest.raises(ModelError, match="'unused'"):
         adapter.calibrate(torch.randint(0, 5, (8, 3)))
+
+
+def test_a_shortcut_wrong_only_on_later_rows_is_refused():
+    """Batched calibration checks shortcuts on every calibration row: one that is wrong only on inputs that first
+    appear late in the calibration data (padding, masks) must not be kept."""
+    from scrubbing.models import TinyTransformer
+
+    right = tiny_transformer(seed=4)
+    inputs = random_tokens(256, 4, 5, seed=1).inputs
+
+    class LateBug(TinyTransformer):
+        """Starting after the last block (the output site's shortcut) goes wrong on some residuals."""
+        bad: torch.Tensor | None = None
+
+        def forward(self, tokens, start_at_layer=None):
+            logits = super().forward(tokens, start_at_layer)
+            if start_at_layer == self.cfg.n_layers and self.bad is not None:
+                hit = torch.isin(torch.round(tokens[:, -1, 0] * 1e4).long(), self.bad)
+                logits = torch.where(hit[:, None, None], 2 * logits, logits)
+            return logits
+
+    model = LateBug(right.cfg).eval()
+    model.load_state_dict(right.state_dict())
+    seen = {}
+    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.1.hook_resid_post",
+                                                  lambda v, hook: seen.__setitem__("resid", v.clone()))]):
+        model(inputs)
+    keys = torch.round(seen["resid"][:, -1, 0] * 1e4).long()
+    model.bad = keys[100:][~torch.isin(keys[100:], keys[:100])]  # only rows from 100 on are affected
+    assert len(model.bad) > 50
+    adapter = HookedAdapter.for_transformer(model, 2, 2)
+    adapter.calibrate(inputs)
+    outputs, slots = adapter._clean(inputs, True)
+    for site in adapter.shortcuts:  # every kept shortcut reproduces the full pass on every row
+        given = {slot: slots[(site, slot)] for slot in adapter.sites[site].slots}
+        torch.testing.assert_close(adapter.run(site, given, inputs), outputs[site], atol=1e-4, rtol=1e-4)

@@ -101,3 +101,13 @@ def test_pytest_collects_hypothesis_files(pytester, monkeypatch):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*hypothesis 'forgets the xor path' failed its checks:*",
                                  "*random: recovered = * expected at least 0.9: fails*"])
+
+
+def test_pinned_verdict_regime_and_defined_figures_must_stay():
+    stored = _run(recovered=(0.8, 0.7, 0.9))
+    stored.update(verdict="holds")
+    stored["regimes"]["worst-swap"] = dict(stored["regimes"]["random"])
+    now = _run(recovered=(None, None, None))
+    now.update(verdict="inconclusive")
+    failed = {c.name for c in compare_to_baseline(now, stored) if not c.passed}
+    assert failed == {"pinned verdict", "pinned recovered (random)", "pinned worst-swap"}

@@ -36,6 +36,8 @@ def test_the_rule():
     assert judge_regime(_figures((1.3, 1.2, 1.4), close)).verdict == "refuted"  # lowering the loss is a change too
     assert judge_regime(_figures(good, (0.6, 0.55, 0.65))).verdict == "cancels"
     assert judge_regime(_figures((0.9, 0.7, 1.1), close)).verdict == "inconclusive"
+    # a scrub merely noisier than the baseline: the mean is unclear, so it is not called cancellation
+    assert judge_regime(_figures((0.77, 0.36, 1.17), (-1.41, -1.69, -1.14))).verdict == "inconclusive"
     undefined = judge_regime(_figures((None, None, None), close))
     assert undefined.verdict == "inconclusive" and "undefined" in undefined.reason
     run = judge_run({"random": _figures(good, close), "adversarial-join": _figures((0.6, 0.5, 0.7), close),
@@ -45,6 +47,9 @@ def test_the_rule():
         == "cancels"
     assert judge_run({"random": _figures(good, close), "worst-swap": _figures((0.9, 0.7, 1.1), close)}).verdict \
         == "inconclusive"
+    partial = judge_run({"random": _figures(good, close), "adversarial-join": {"status": "not run"}})
+    assert partial.verdict == "holds" and partial.not_run == ("adversarial-join",)
+    assert partial.label() == "holds [not run: adversarial-join]"  # never an unqualified "holds"
 
 
 def test_canonical_cancellation_is_flagged_although_abs_gap_equals_the_noise_floor():
