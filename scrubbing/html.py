@@ -80,7 +80,7 @@ E[loss] gap and E[|Δloss|] gap side by side, each with its 95% paired-bootstrap
 <dl>
 <dt>verdict</dt><dd>one per hypothesis, over every regime that ran: <b>holds</b> (every regime within tolerance of
 100% recovered, in the mean and per example), <b>refuted</b> (some regime, named, moves the mean clearly),
-<b>cancels</b> (the mean is explained, the per-example change clearly is not), <b>inconclusive</b> (intervals too
+<b>cancels</b> (the mean looks explained, the per-example change clearly is not), <b>inconclusive</b> (intervals too
 wide to say, or no behaviour to explain)</dd>
 <dt>scrubbed loss</dt><dd>loss when the model runs on the treeified, resampled inputs</dd>
 <dt>E[loss] gap</dt><dd>scrubbed − model, averaged: what causal scrubbing has always reported</dd>

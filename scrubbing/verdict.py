@@ -11,7 +11,8 @@ either side: a scrub that lowers the loss is as much a change as one that raises
 interval lies beyond, and is *unclear* otherwise. Then, per regime:
 
     refuted       the mean moves
-    cancels       the mean holds while the per-example change moves: changes of both signs average out
+    cancels       the per-example change moves while the mean holds (or its interval is unclear but its
+                  estimate lies within τ): changes of both signs average out
     holds         both hold
     inconclusive  anything else (intervals too wide, or no behaviour to explain)
 
@@ -83,9 +84,11 @@ def judge_regime(figures: dict, tolerance: float = DEFAULT_TOLERANCE) -> RegimeV
     if mean == "moves":
         return RegimeVerdict("refuted", mean, per_example, f"% recovered lies clearly outside {pct}–"
                                                            f"{round(100 * (1 + tolerance))}%")
-    if mean == "holds" and per_example == "moves":
+    estimate = figures.get("recovered")
+    looks_fine = mean == "holds" or (mean == "unclear" and estimate is not None and abs(estimate - 1) <= tolerance)
+    if looks_fine and per_example == "moves":
         return RegimeVerdict("cancels", mean, per_example,
-                             f"the mean is explained, but per-example recovered lies clearly below {pct}")
+                             f"the mean looks explained, but per-example recovered lies clearly below {pct}")
     if mean == "holds" and per_example == "holds":
         return RegimeVerdict("holds", mean, per_example, f"% recovered and per-example recovered both at least {pct}")
     if mean == "undefined":

@@ -36,8 +36,10 @@ def test_the_rule():
     assert judge_regime(_figures((1.3, 1.2, 1.4), close)).verdict == "refuted"  # lowering the loss is a change too
     assert judge_regime(_figures(good, (0.6, 0.55, 0.65))).verdict == "cancels"
     assert judge_regime(_figures((0.9, 0.7, 1.1), close)).verdict == "inconclusive"
-    # a scrub merely noisier than the baseline: the mean is unclear, so it is not called cancellation
+    # a scrub merely noisier than the baseline: the mean is unclear and its estimate off, so not cancellation...
     assert judge_regime(_figures((0.77, 0.36, 1.17), (-1.41, -1.69, -1.14))).verdict == "inconclusive"
+    # ...while an unclear mean whose estimate is within tolerance, with a clear per-example move, cancels
+    assert judge_regime(_figures((1.06, 0.98, 1.15), (0.57, 0.53, 0.62))).verdict == "cancels"
     undefined = judge_regime(_figures((None, None, None), close))
     assert undefined.verdict == "inconclusive" and "undefined" in undefined.reason
     run = judge_run({"random": _figures(good, close), "adversarial-join": _figures((0.6, 0.5, 0.7), close),
