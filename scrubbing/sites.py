@@ -131,9 +131,10 @@ class ModelAdapter:
         Cost, for an adapter that patches every site in one pass (``_run_all``) and checks
         shortcuts by block (``_shortcut_groups``), such as ``HookedAdapter``: a constant
         number of forward passes whatever the number of sites — one clean pass with slots
-        and one shuffled-context pass on ``inputs``, two patched passes, three calls per
-        shortcut group (each about one block), all on every row of ``inputs``, and one traced
-        pass on 16 rows for the early stops. ``calls`` counts them.
+        and one shuffled-context pass on ``inputs``, two patched passes on the first ``CHECK_ROWS``
+        rows, three or four calls per shortcut group (each about one block; the clean check on every
+        row of ``inputs``, the structural ones on ``CHECK_ROWS``), and one traced pass on 16 rows for
+        the early stops. ``calls`` counts them.
         """
         self.calls = {}
         outputs, slots = self._counted("clean", self._guarded, self._clean, inputs, True)
@@ -157,7 +158,9 @@ class ModelAdapter:
                 offsets[(site.name, slot)] = offset[0]
         self._offsets = offsets
         self._batched = type(self)._run_all is not ModelAdapter._run_all
-        rows = len(inputs)  # every row: a shortcut wrong only on rarer inputs must not pass
+        # The clean check runs on every row (a shortcut wrong only on rarer inputs must not pass); the mixed and
+        # shuffled checks, which test structure (slots confused, context read), on the first CHECK_ROWS.
+        rows = min(len(inputs), self.CHECK_ROWS) if self._batched else len(inputs)
         given = {key: value[:rows] for key, value in slots.items()}
         mixed = self._mixed(given) if rows >= 2 else {}
         expected_mixed = self._independent_runs(inputs[:rows], outputs, given, mixed, rtol)
@@ -171,7 +174,7 @@ class ModelAdapter:
             not torch.allclose(value, outputs[site], atol=1e-5, rtol=1e-4) for site, value in shuffled.items())
         flipped = inputs.flip(0)[:rows]
         checks = {
-            "clean": (given, inputs[:rows], {site: value[:rows] for site, value in outputs.items()}),
+            "clean": (slots, inputs, outputs),
             "mixed": (mixed, inputs[:rows], expected_mixed),
             "shuffled": (given, flipped, {site: value[:rows] for site, value in shuffled.items()}),
         }
@@ -182,6 +185,7 @@ class ModelAdapter:
         self.shortcuts = self._verify_shortcuts(checks, rtol)
         self.early_stops = self._verify_early_stops(inputs[:16], rtol)
 
+    CHECK_ROWS = 64  # rows of the structural shortcut checks (mixed slots, shuffled context); the clean one uses all
     _batched = False  # True while calibrate() checks many sites per pass (the adapter has ``_run_all``)
 
     def _counted(self, what: str, fn, *args):
@@ -272,11 +276,12 @@ class ModelAdapter:
                 ok = {name: True for name in names}
                 runs = list(checks.values())
                 if "mixed" in checks:
-                    given, context, clean = checks["clean"]
-                    mixed, _, expected = checks["mixed"]
+                    given, _, clean = checks["clean"]
+                    mixed, context, expected = checks["mixed"]
+                    n = len(context)  # the structural checks' rows
                     alternate = {name: i % 2 == 0 for i, name in enumerate(names)}
-                    half = {key: (mixed if alternate[key[0]] else given)[key] for key in given if key[0] in ok}
-                    runs.append((half, context, {name: (expected if alternate[name] else clean)[name]
+                    half = {key: mixed[key] if alternate[key[0]] else given[key][:n] for key in mixed if key[0] in ok}
+                    runs.append((half, context, {name: expected[name] if alternate[name] else clean[name][:n]
                                                  for name in names}))
                 for slot_inputs, context, expected in runs:
                     got = self._group_matches(call, slot_inputs, context, names)
