@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import html
 import json
-from collections import Counter
 import math
 import re
 import sys
+from collections import Counter
 from pathlib import Path
+
+from .report import tail_text
 
 REGIMES = ("random", "adversarial-join", "worst-swap")
 _CI_KEYS = ("scrubbed_loss", "loss_gap", "abs_gap", "noise_floor", "cancellation", "recovered", "per_example_recovered")
@@ -147,12 +149,12 @@ def _cell(reg: dict, key: str, signed: bool = False, percent: bool = False, plai
     return f'<td class="num {key}">{fmt(value)}{interval}{extra}</td>'
 
 
-def _verdict_badge(run: dict) -> str:
+def _verdict_badge(run: dict, detail: bool = True) -> str:
     verdict = run.get("verdict") or "inconclusive"
     by, not_run = run.get("verdict_regimes") or [], run.get("verdict_not_run") or []
     sub = f"by {', '.join(by)}" if by else (f"not run: {', '.join(not_run)}" if not_run else "")
     return (f'<span class="verdict {_e(verdict)}" title="{_e(run.get("verdict_reason", ""))}">{_e(verdict.upper())}'
-            f'</span>' + (f'<div class="sub">{_e(sub)}</div>' if sub else ""))
+            f'</span>' + (f'<div class="sub">{_e(sub)}</div>' if sub and detail else ""))
 
 
 def _flags(reg: dict) -> str:
@@ -170,17 +172,8 @@ def _flags(reg: dict) -> str:
         out.append(f'<div class="note">{_e(note)}</div>')
     tail = reg.get("tail")
     if isinstance(tail, dict):
-        out.append(f'<div class="note tail">{_e(_tail_text(tail))}</div>')
+        out.append(f'<div class="note tail">{_e(tail_text(tail))}</div>')
     return "".join(out)
-
-
-def _tail_text(tail: dict) -> str:
-    parts = []
-    for key in ("p95", "p99"):
-        bound = tail.get(f"{key}_upper")
-        parts.append(f"{key} {_num(tail.get(key))} " + (f"≤ {_num(bound)}" if bound is not None else
-                                                        f"(no bound under {tail.get(key + '_refs_for_bound')} refs)"))
-    return f"|Δloss| {', '.join(parts)}"
 
 
 def _section(i: int, run: dict) -> str:
@@ -221,7 +214,7 @@ def _flags_short(reg: dict) -> str:
 
 
 def _section_flags(run: dict) -> str:
-    out = [_verdict_badge(run).split("<div", 1)[0]]
+    out = [_verdict_badge(run, detail=False)]
     for name, reg in _regimes(run).items():
         if _cancels(reg):
             out.append(f'<span class="flag cancels">CANCELS · {_e(name)}</span>')

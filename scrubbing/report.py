@@ -179,12 +179,13 @@ def _notes(regime: RegimeResult) -> str:
         text = f"{sum(d['representatives'].values())} classes swapped to their worst representative"
         notes.append(text + (f"; too small to split: {small}" if small else ""))
     if regime.tail is not None:
-        notes.append(_tail_note(regime.tail))
+        notes.append(tail_text(regime.tail))
     return "\n".join(notes)
 
 
-def _tail_note(tail: dict) -> str:
-    """``|Δ| p95 ≤ 0.31, p99 ≤ 0.52``: 95%-confidence upper bounds of the percentiles, or the count one needs."""
+def tail_text(tail: dict) -> str:
+    """``|Δ| p95 ≤ 0.31, p99 ≤ 0.52``: 95%-confidence upper bounds of the percentiles, or the count one needs.
+    The one rendering of a regime's ``tail``, for the table and the HTML."""
     parts = []
     for key in ("p95", "p99"):
         bound = tail[f"{key}_upper"]
