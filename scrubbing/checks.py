@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ScrubError
-from .report import METRICS, REGIMES
+from .regimes import REGISTRY
+from .report import METRICS
 from .verdict import VERDICTS
+
+REGIMES = tuple(REGISTRY)
 
 _OPS = {">=": "at least", "<=": "at most"}
 

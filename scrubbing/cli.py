@@ -15,9 +15,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from . import suite
 from .checks import failures
 from .errors import ScrubError
-from .report import REGIMES, Report
+from .regimes import REGISTRY
+from .report import Report
 from .run import DEFAULT_BUDGET, DEFAULT_N_REFS, scrub
 from .verdict import DEFAULT_TOLERANCE
+
+REGIMES = tuple(REGISTRY)
 
 
 def _run_files(loaded: list[suite.HypothesisFile], args, console: Console) -> Report:
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         report.to_json(args.json)
         console.print(f"wrote {args.json}")
     if args.html:
-        from .html import render_html
+        from .report import render_html
 
         args.html.write_text(render_html(report.to_dict()))
         console.print(f"wrote {args.html}")

@@ -22,9 +22,11 @@ import pytest
 
 from benchmarks.synthetic.tasks import cancel_hypotheses, cancel_task, logic_hypotheses, logic_task
 from scrubbing import Report, scrub
-from scrubbing.html import parse_nodes, render_html
+from scrubbing.regimes import REGISTRY
+from scrubbing.report import render_html
+from scrubbing.report.graph import parse_nodes
 
-REGIMES = ["random", "adversarial-join", "worst-swap"]
+REGIMES = list(REGISTRY)
 
 
 @pytest.fixture(scope="module")
