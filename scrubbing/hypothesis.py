@@ -127,6 +127,32 @@ class Hypothesis:
             lines.append(f"{node.name} @ {node.site}: {what}; parents: {parents}")
         return lines
 
+    def to_dict(self, adapter: ModelAdapter | None = None) -> dict:
+        """The hypothesis as JSON-safe data, for tools and the report's graph (which must not parse ``describe()``).
+
+        One entry per node, in declaration order: ``name``, ``site``, ``feature`` (its name; None for the output),
+        ``exact``, and ``parents``: ``{"node", "slots" (the child's input slots the edge feeds; None: all), "via"
+        ("all", "direct" or a list of sites)}``. With ``adapter``, each node also gets ``order`` (its site's index in
+        the model's site list) and ``depth`` (the longest chain of sites from the raw input to it), so a drawing can
+        lay nodes out by where the model computes them."""
+        depth: dict[str, int] = {}
+        order: dict[str, int] = {}
+        if adapter is not None:
+            for i, site in enumerate(adapter.sites.values()):  # topologically ordered (ModelAdapter)
+                order[site.name] = i
+                depth[site.name] = 1 + max((depth[p] for p in site.parents if p in depth), default=-1)
+        nodes = []
+        for node in self.nodes.values():
+            item = {"name": node.name, "site": node.site, "feature": None if node.name == OUTPUT else node.feature_name,
+                    "exact": isinstance(node.feature, Exact),
+                    "parents": [{"node": e.parent, "slots": None if e.into is None else list(e.into),
+                                 "via": e.via if isinstance(e.via, str) else list(e.via)} for e in node.parents]}
+            site = adapter.output if adapter is not None and node.name == OUTPUT else node.site
+            if site in depth:
+                item.update(order=order[site], depth=depth[site])
+            nodes.append(item)
+        return {"name": self.name, "nodes": nodes}
+
     def __repr__(self) -> str:
         return f"Hypothesis({self.name!r}, nodes={list(self.nodes)})"
 

@@ -142,6 +142,7 @@ def scrub(
         regimes=results,
         description=hypothesis.description,
         nodes=hypothesis.describe(),
+        graph=hypothesis.to_dict(adapter),
         plan_digest=digest,
         verdict=judge_run({name: r.figures() for name, r in results.items()}, tolerance),
         tolerance=tolerance,

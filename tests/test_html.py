@@ -6,6 +6,7 @@ no Python dependency) and fails on any console error, uncaught exception, CSP vi
 
 from __future__ import annotations
 
+import base64
 import copy
 import fcntl
 import json
@@ -20,62 +21,55 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.synthetic.tasks import cancel_hypotheses, cancel_task, logic_hypotheses, logic_task
-from scrubbing import Report, scrub
-from scrubbing.regimes import REGISTRY
 from scrubbing.report import render_html
-from scrubbing.report.graph import parse_nodes
+from scrubbing.report.__main__ import main as render_main
 
-REGIMES = list(REGISTRY)
+DATA = Path(__file__).parent / "data" / "report.json"  # real runs (tests/data/make_report.py), checked in
 
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    """Real runs on the small synthetic tasks: a true circuit, a false one, a cancelling one, one regime not run."""
-    logic, cancel = logic_task(), cancel_task()
-    lh, ch = logic_hypotheses(), cancel_hypotheses()
-    runs = [
-        scrub(lh["true"], logic, n_refs=200, seed=0, regimes=REGIMES, budget=8, n_boot=200),
-        scrub(lh["forgets xor"], logic, n_refs=200, seed=0, regimes=REGIMES, budget=8, n_boot=200),
-        scrub(ch["ignores t"], cancel, n_refs=200, seed=0, regimes=REGIMES, budget=8, n_boot=200),
-        scrub(ch["true"], cancel, n_refs=200, seed=0, regimes=["random"], n_boot=200),
-    ]
-    out = Report(runs).to_dict()
+    """A true circuit, a false one, a cancelling one, one run with a single regime, the 70-node induction claim."""
+    out = json.loads(DATA.read_text())
     # A failed expectation, as the pytest plugin records it on a regime, and a name that needs escaping.
     out["runs"][1]["regimes"]["random"]["failed_expectations"] = ["recovered >= 0.9 in random: got 41% <sic>"]
     out["runs"][0]["hypothesis"] = "true <circuit> & \"friends\""
-    return json.loads(json.dumps(out))  # exactly what a JSON round trip gives the renderer
+    return out
+
+
+def _rows(run: dict) -> int:
+    return len(run["regimes"])
 
 
 def test_render_html_has_table_charts_and_graph(report):
     page = render_html(report)
     assert render_html(copy.deepcopy(report)) == page  # a pure function of the dict
     assert page.startswith("<!DOCTYPE html>")
-    n_runs = len(report["runs"])
+    runs = report["runs"]
+    n_runs, n_rows = len(runs), sum(_rows(r) for r in runs)
 
     assert page.count('<table id="summary">') == 1
-    assert len(re.findall(r'<tr class="regime-row[^"]*" data-run="\d+" data-regime="', page)) == 3 * n_runs
+    assert len(re.findall(r'<tr class="regime-row[^"]*" data-run="\d+" data-regime="', page)) == n_rows
     for header in ("verdict", "scrubbed loss", "E[loss] gap", "E[|Δloss|] gap", "noise floor", "cancel share",
                    "% recovered", "per-example recovered"):
         assert f"<th>{header}</th>" in page
     # One verdict per hypothesis, colour-coded, exactly as the JSON gives it.
     badges = re.findall(r'<td rowspan="\d" class="verdict-cell"><span class="verdict (\w+)"', page)
-    assert badges == [run["verdict"] for run in report["runs"]]
+    assert badges == [run["verdict"] for run in runs]
     assert badges[0] == "holds" and badges[1] == "refuted"
     assert page.count('<svg class="gap-chart"') == n_runs
     assert page.count('<svg class="hypothesis-graph"') == n_runs
-    assert page.count('<svg class="delta-hist"') == 3 * n_runs
-    assert page.count('class="bin ') > 3 * n_runs  # the histograms that ran have bars
-    assert page.count('class="zero"') >= 3 * n_runs  # zero is marked in every histogram and gap chart
-    assert page.count('class="noise"') >= 3 * (n_runs - 1)  # the noise floor, per regime that ran
+    assert page.count('<svg class="delta-hist"') == n_rows
+    assert page.count('class="bin ') > n_rows  # the histograms that ran have bars
+    assert page.count('class="zero"') >= n_rows  # zero is marked in every histogram and gap chart
     assert page.count('<section class="card hypothesis" id="run-') == n_runs
-    assert page.count('<div class="adversary') == 3 * n_runs
+    assert page.count('<div class="adversary') == n_rows
 
-    # The last run had only `random`: the other regimes say so in the table, the charts and the adversary cards.
+    # The run with only `random`: the other regimes say so in the table, the charts and the adversary cards.
     assert re.search(r'data-run="3" data-regime="worst-swap"><td class="regime">worst-swap</td>'
                      r'<td colspan="8" class="not-run">not run</td>', page)
     # Cancellation: the cancel task's false claim is flagged, the true logic circuit is not.
-    cancels = [i for i, run in enumerate(report["runs"]) for name, reg in run["regimes"].items()
+    cancels = [i for i, run in enumerate(runs) for reg in run["regimes"].values()
                if reg["status"] == "ok" and reg["cancels"]]
     assert 2 in cancels and 0 not in cancels
     assert page.count('<span class="flag cancels" title=') == len(cancels)
@@ -83,12 +77,14 @@ def test_render_html_has_table_charts_and_graph(report):
     # What the adversaries chose: the budget and the refinements or representatives.
     assert "budget: " in page and ("joined refinements:" in page or "no refinement moved the loss" in page)
     assert "classes swapped to worst rep." in page
+    # Intervals as the table writes them: a signed figure's interval is signed.
+    assert re.search(r"<title>E\[loss\] gap [+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]</title>", page)
 
-    # The graph: every node with its site, arrows from parents to children.
+    # The graph, from the run's structured `graph`: every node in its site's box, arrows from parents to children.
     graph = page.split('<svg class="hypothesis-graph"')[3].split("</svg>")[0]  # the cancel task's "ignores t"
     for node, site in (("s", "emb_s"), ("agree", "agree"), ("y", "emb_y"), ("output", "output")):
-        assert f'data-node="{node}"' in graph and f"@ {site}</text>" in graph
-    assert graph.count('class="edge"') == 3 and 'marker-end="url(#arrow-2)"' in graph
+        assert f'data-node="{node}"' in graph and f'data-site="{site}"' in graph
+    assert graph.count('class="edge') == 3 and 'marker-end="url(#arrow-2)"' in graph
 
     # Escaped, self-contained, no script.
     assert "true &lt;circuit&gt; &amp; &quot;friends&quot;" in page and "<circuit>" not in page
@@ -97,18 +93,45 @@ def test_render_html_has_table_charts_and_graph(report):
     assert "default-src 'none'" in page
 
 
-def test_parse_nodes_reads_edge_notes():
-    nodes, edges = parse_nodes(["a @ embed: feature EXACT; parents: -",
-                                "h, odd @ a1.0: feature first; parents: a (into q/k, via direct), b",
-                                "output @ output: (output); parents: h, odd"])
-    assert nodes["h, odd"] == {"site": "a1.0", "feature": "first"} and nodes["b"]["missing"]
-    assert edges == [("a", "h, odd", "into q/k, via direct"), ("b", "h, odd", ""), ("h, odd", "output", "")]
+def _boxes(svg: str) -> dict[str, tuple[float, float, float, float]]:
+    return {name: tuple(map(float, box)) for name, *box in re.findall(
+        r'<g class="node[^"]*" data-node="([^"]+)"><title>[^<]*</title><rect x="([\d.]+)" y="([\d.]+)" '
+        r'width="([\d.]+)" height="([\d.]+)"', svg)}
+
+
+def test_graph_of_70_nodes_is_layered_by_model_depth(report):
+    """The refined induction claim (70 nodes): columns follow the model (embed, layer 0, layer 1, output), the
+    nodes of a site share its box, no two nodes overlap, and the drawing keeps its size instead of one long row."""
+    run = report["runs"][4]
+    assert len(run["graph"]["nodes"]) == 70
+    svg = render_html({"runs": [run]}).split('<svg class="hypothesis-graph"')[1].split("</svg>")[0]
+    boxes = _boxes(svg)
+    assert len(boxes) == 70
+    x = {n: boxes[n][0] for n in boxes}
+    assert x["embed@out"] < x["a0.0@out"] == x["a0.3->a1.2.v"] < x["a1.0"] == x["a1.3"] < x["output"]
+    for a, (xa, ya, wa, ha) in boxes.items():
+        for b, (xb, yb, wb, hb) in boxes.items():
+            if a < b:
+                assert xa + wa <= xb or xb + wb <= xa or ya + ha <= yb or yb + hb <= ya, (a, b)
+    assert len(re.findall(r'<g class="group" data-site=', svg)) == 10
+    width = float(re.search(r'width="([\d.]+)"', svg)[1])
+    assert 600 < width < 1400  # four columns, not 52 boxes side by side
+    assert "hypothesis graph: 70 nodes at 10 sites" in render_html({"runs": [run]})
 
 
 def test_render_html_survives_sparse_reports():
     page = render_html({"runs": [{"hypothesis": "bare", "regimes": {"random": {"status": "failed: NaN loss"}}}]})
     assert '<table id="summary">' in page and "failed: NaN loss" in page and "no nodes" in page
     assert '<table id="summary">' in render_html({"runs": []})
+    old = render_html({"runs": [{"hypothesis": "old", "nodes": ["a @ embed: feature x; parents: -"], "regimes": {}}]})
+    assert "no graph data in this report" in old and "no regime ran" in old
+
+
+def test_command_line_renders_a_json_report(tmp_path):
+    out = tmp_path / "report.html"
+    assert render_main([str(DATA), "-o", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == render_html(json.loads(DATA.read_text()))
+    assert ":root{--fg:" in out.read_text(encoding="utf-8")  # the stylesheet, inlined
 
 
 # -- in a real browser --------------------------------------------------------------------------
@@ -236,10 +259,20 @@ _DOM_PROBE = """JSON.stringify({
   drawn: [...document.querySelectorAll('svg.gap-chart, svg.delta-hist, svg.hypothesis-graph')].every(
       el => { const r = el.getBoundingClientRect(); return r.width > 50 && r.height > 30; }),
   table_width: document.querySelector('table#summary').getBoundingClientRect().width,
+  // the 70-node graph (run 4): drawn at its own size in a box that scrolls, every label inside its node
+  big_graph: (() => {
+    const svg = document.querySelector('#run-4 svg.hypothesis-graph'), box = svg.closest('.graph-scroll');
+    const clipped = [...svg.querySelectorAll('g.node')].filter(g => {
+      const r = g.querySelector('rect').getBBox(), t = g.querySelector('text').getBBox();
+      return t.x < r.x || t.x + t.width > r.x + r.width + 0.5 || t.y < r.y || t.y + t.height > r.y + r.height + 0.5;
+    }).map(g => g.dataset.node);
+    return {width: svg.getBoundingClientRect().width, natural: svg.width.baseVal.value,
+            scrolls: box.scrollHeight > box.clientHeight, clipped: clipped};
+  })(),
 })"""
 
 
-def _load(tools: _DevTools, url: str) -> tuple[dict, list[str]]:
+def _load(tools: _DevTools, url: str, shot: Path | None = None) -> tuple[dict, list[str]]:
     target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Runtime", "Log", "Page", "Network"):
@@ -250,6 +283,22 @@ def _load(tools: _DevTools, url: str) -> tuple[dict, list[str]]:
     tools.drain(0.5)
     result = tools.send("Runtime.evaluate", {"expression": _DOM_PROBE, "returnByValue": True}, session=session)
     problems = _problems([e for e in tools.events if e.get("sessionId") in (None, session)])
+    if shot is not None:  # the 70-node graph at its natural size, for a person to judge
+        box = json.loads(tools.send("Runtime.evaluate", {"expression": (
+            "const r = document.querySelector('#run-4 svg.hypothesis-graph').getBoundingClientRect();"
+            "JSON.stringify({x: r.x + scrollX, y: r.y + scrollY, w: r.width, h: r.height})"), "returnByValue": True},
+            session=session)["result"]["value"])
+        tools.send("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 900, "deviceScaleFactor": 1,
+                                                          "mobile": False}, session=session)
+        tools.send("Runtime.evaluate", {"expression": "document.querySelectorAll('.graph-scroll').forEach("
+                                        "b => b.style.maxHeight = 'none')"}, session=session)
+        box = json.loads(tools.send("Runtime.evaluate", {"expression": (
+            "const q = document.querySelector('#run-4 svg.hypothesis-graph').getBoundingClientRect();"
+            "JSON.stringify({x: q.x + scrollX, y: q.y + scrollY, w: q.width, h: q.height})"), "returnByValue": True},
+            session=session)["result"]["value"])
+        data = tools.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": {
+            "x": box["x"], "y": box["y"], "width": box["w"], "height": box["h"], "scale": 1}}, session=session)
+        shot.write_bytes(base64.b64decode(data["data"]))
     tools.send("Target.closeTarget", {"targetId": target})
     return json.loads(result["result"]["value"]) if "value" in result.get("result", {}) else result, problems
 
@@ -260,23 +309,27 @@ def test_html_report_in_headless_chromium(report, tmp_path):
         pytest.skip("no chromium binary on PATH (apt-get install chromium); .ci/run installs it")
     page = tmp_path / "report.html"
     page.write_text(render_html(report), encoding="utf-8")
+    # SCRUB_SCREENSHOT=DIR: keep a screenshot of the 70-node graph there, to look at
+    shots = os.environ.get("SCRUB_SCREENSHOT")
     canary = tmp_path / "canary.html"  # proves the error capture works: a page that must be caught
     canary.write_text('<!DOCTYPE html><title>c</title><img src="missing.png">'
                       '<script>console.error("canary"); throw new Error("boom")</script>')
     tools = _DevTools(binary, tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path))
     try:
         _, caught = _load(tools, canary.as_uri())
-        dom, problems = _load(tools, page.as_uri())
+        dom, problems = _load(tools, page.as_uri(), Path(shots) / "graph-70-nodes.png" if shots else None)
     finally:
         tools.close()
     assert any("canary" in c for c in caught) and any("boom" in c for c in caught), caught
 
     assert problems == [], problems
-    n_runs = len(report["runs"])
+    n_runs, n_rows = len(report["runs"]), sum(_rows(r) for r in report["runs"])
     assert dom["title"].startswith("Causal scrubbing")
-    assert dom["summary_rows"] == 3 * n_runs and dom["table_width"] > 600
-    assert dom["gap_charts"] == n_runs and dom["graphs"] == n_runs and dom["hists"] == 3 * n_runs
-    assert dom["hist_bars"] > 3 * n_runs and dom["graph_nodes"] >= 4 * n_runs
+    assert dom["summary_rows"] == n_rows and dom["table_width"] > 600
+    assert dom["gap_charts"] == n_runs and dom["graphs"] == n_runs and dom["hists"] == n_rows
+    assert dom["hist_bars"] > n_rows and dom["graph_nodes"] >= 4 * n_runs
+    big = dom["big_graph"]
+    assert big["width"] == big["natural"] and big["scrolls"] and big["clipped"] == [], big
     assert dom["cancels"] >= 1 and dom["drawn"]
     assert dom["failed_red"] and all(_reddish(c) for c in dom["failed_red"]), dom["failed_red"]
 

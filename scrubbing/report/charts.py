@@ -87,7 +87,7 @@ def _gap_row(reg: dict, key: str, cls: str, label: str, x, y: float, h: float) -
     if not finite(v):
         return el("text", {"class": "not-run", "x": f1(x(0) + 4), "y": y + h - 5}, f"{label}: n/a")
     x0, xv = x(0), x(v)
-    text = interval(ci)
+    text = interval(ci, signed=key == "loss_gap")
     parts = [el("rect", {"class": f"bar {cls}", "x": f1(min(x0, xv)), "y": y + 4, "width": f1(max(abs(xv - x0), 1)),
                          "height": h - 8},
                 el("title", {}, f"{label} {number(v, signed=key == 'loss_gap')}" + (f" {text}" if text else "")))]

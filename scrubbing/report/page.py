@@ -18,7 +18,7 @@ from collections import Counter
 from importlib.resources import files
 
 from .charts import delta_hist, gap_chart
-from .graph import graph
+from .graph import graph, summary
 from .markup import Markup, el, join
 from .text import adversary_note, finite, interval, number, tail_text, verdict_detail
 
@@ -212,7 +212,7 @@ def _section(i: int, run: dict) -> str:
                delta_hist(name, reg)),
             _adversary(name, reg)))
     grid = el("div", {"class": "grid"}, "\n",
-              el("figure", {"class": "graph"}, el("figcaption", {}, "hypothesis graph"), graph(i, run)), "\n",
+              _graph_figure(i, run), "\n",
               el("figure", {"class": "gaps"}, el("figcaption", {}, "gaps per regime (whiskers: 95% interval)"),
                  gap_chart(regimes)), "\n")
     return el(
@@ -225,6 +225,16 @@ def _section(i: int, run: dict) -> str:
         grid, "\n",
         el("h3", {}, "Per regime: how each example's loss moved, and what the adversary chose"), "\n",
         el("div", {"class": "regimes"}, columns), "\n")
+
+
+def _graph_figure(i: int, run: dict) -> str:
+    """The hypothesis graph at its own size, in a box that scrolls; a large one takes the card's full width and
+    folds away (``details``) so the charts below it stay one click from the summary."""
+    n_nodes = len((run.get("graph") or {}).get("nodes") or [])
+    wide = n_nodes > 12
+    return el("figure", {"class": "graph" + (" wide" if wide else "")},
+              el("details", {"open": ""}, el("summary", {}, f"hypothesis graph: {summary(run)}"),
+                 el("div", {"class": "graph-scroll"}, graph(i, run))))
 
 
 def _flags_short(reg: dict) -> str:

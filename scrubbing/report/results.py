@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..stats import Estimate
-from ..verdict import DEFAULT_TOLERANCE, RegimeVerdict, Verdict
+from ..verdict import DEFAULT_TOLERANCE, RegimeVerdict, Verdict, judge_regime, judge_run
 
 METRICS = ("scrubbed_loss", "loss_gap", "abs_loss_gap", "abs_gap", "noise_floor", "cancellation", "recovered",
            "per_example_recovered")
@@ -57,6 +57,17 @@ class RegimeResult:
         out.update(self.details)
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict, tolerance: float = DEFAULT_TOLERANCE) -> "RegimeResult":
+        """A regime read back from its JSON form; the verdict is judged again by the one rule, from the same
+        rounded figures it was judged from when the report was written."""
+        shown = {"status", "verdict", "cancels", "verdict_reason", "tail", "delta_histogram"}
+        metrics = {k: _estimate(data, k) for k in data if f"{k}_ci" in data}
+        details = {k: v for k, v in data.items() if k not in shown and k not in metrics and not k.endswith("_ci")}
+        status = data.get("status", "not run")
+        verdict = judge_regime(data, tolerance) if status == "ok" else None
+        return cls(status, metrics, data.get("delta_histogram"), details, data.get("tail"), verdict)
+
 
 @dataclass
 class RunResult:
@@ -69,10 +80,21 @@ class RunResult:
     regimes: dict[str, RegimeResult]
     description: str = ""
     nodes: list[str] = field(default_factory=list)
+    graph: dict | None = None  # Hypothesis.to_dict(adapter): the structured nodes the HTML graph draws
     plan_digest: str = ""
     expectations: list[dict] = field(default_factory=list)
     verdict: Verdict | None = None
     tolerance: float = DEFAULT_TOLERANCE
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunResult":
+        tolerance = data.get("tolerance", DEFAULT_TOLERANCE)
+        regimes = {k: RegimeResult.from_dict(v, tolerance) for k, v in (data.get("regimes") or {}).items()}
+        return cls(data.get("hypothesis", "?"), data.get("task", "?"), data.get("seed", 0), data.get("n_refs", 0),
+                   _estimate(data, "model_loss"), _estimate(data, "baseline_loss"), regimes,
+                   data.get("description", ""), list(data.get("nodes") or []), data.get("graph"),
+                   data.get("plan_digest", ""), list(data.get("expectations") or []),
+                   judge_run(data.get("regimes") or {}, tolerance), tolerance)
 
     def to_dict(self) -> dict:
         return {
@@ -91,6 +113,7 @@ class RunResult:
             "baseline_loss_ci": [_num(self.baseline_loss.low), _num(self.baseline_loss.high)],
             "description": self.description,
             "nodes": self.nodes,
+            "graph": self.graph,
             "plan_digest": self.plan_digest,
             "regimes": {name: self.regimes[name].to_dict() for name in self.regimes},
             "expectations": self.expectations,
@@ -103,6 +126,12 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"runs": [run.to_dict() for run in self.runs]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Report":
+        """A report read back from its JSON form (``to_dict``), figures as rounded there: to print a saved report's
+        table, or to compare two."""
+        return cls([RunResult.from_dict(run) for run in data.get("runs") or []])
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -126,6 +155,11 @@ class Report:
         from .page import render_html
 
         return render_html(self.to_dict())
+
+
+def _estimate(data: dict, key: str) -> Estimate:
+    value, ci = data.get(key), data.get(f"{key}_ci") or [None, None]
+    return Estimate(*(math.nan if x is None else float(x) for x in (value, *ci)))
 
 
 def _num(x: float) -> float | None:
