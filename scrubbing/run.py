@@ -79,7 +79,7 @@ def scrub(
         raise ScrubError(str(err)) from None
     adapter, data = task.adapter, task.data
     with _evaluation_mode(adapter, device):
-        _calibrated(adapter, data)
+        _calibrated(adapter, data, n_refs)
         bound = hypothesis.bind(adapter, data)
         root = np.random.SeedSequence(seed)
         split_seed, base_seed, boot_seed, *regime_seeds = root.spawn(3 + len(REGIMES))
@@ -159,10 +159,13 @@ def _judged(result: RunResult, expectations) -> RunResult:
     return result
 
 
-def _calibrated(adapter, data) -> None:
-    if getattr(adapter, "_offsets", None) is None:
+def _calibrated(adapter, data, n_refs: int | None = None) -> None:
+    """Calibrate once, on as many examples as the references (``sites.calibration_rows``)."""
+    if getattr(adapter, "calibration", None) is None:
+        from .sites import calibration_rows
+
         device = _device_of(getattr(adapter, "model", None))
-        adapter.calibrate(data.inputs[: min(len(data), 256)].to(device))
+        adapter.calibrate(data.inputs[: calibration_rows(len(data), n_refs)].to(device))
 
 
 def _device_of(module) -> torch.device:

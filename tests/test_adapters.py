@@ -283,3 +283,34 @@ def test_a_shortcut_wrong_only_on_later_rows_is_refused():
     for site in adapter.shortcuts:  # every kept shortcut reproduces the full pass on every row
         given = {slot: slots[(site, slot)] for slot in adapter.sites[site].slots}
         torch.testing.assert_close(adapter.run(site, given, inputs), outputs[site], atol=1e-4, rtol=1e-4)
+
+
+class _InPlaceNorm(nn.Module):
+    """A norm that scales its input in place first (legal: every pass hands it a fresh tensor). It fails on a
+    head input that is a broadcast view (one slot written to every head at once), and works on a real one."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        return self.norm(x.mul_(1.0))
+
+
+def test_the_shortcut_the_engine_runs_is_the_one_calibration_checked():
+    """Calibration checks a block's shortcuts together; the engine runs them one site at a time. Both must be
+    the same call (``_from_layer`` is ``_from_block`` for one site), so that a model on which one way of
+    writing the slots fails cannot pass calibration and then fail, or differ, in the engine."""
+    model = tiny_transformer(seed=6)
+    for block in model.blocks:
+        block.ln1 = _InPlaceNorm(block.ln1)
+    data = random_tokens(40, 4, 5)
+    adapter = HookedAdapter.for_transformer(model, 2, 2)
+    adapter.calibrate(data.inputs[:32])
+    assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}
+    outputs, slots = adapter._clean(data.inputs, True)
+    for site in adapter.shortcuts:  # the engine's call on one site gives the clean output
+        given = {slot: slots[(site, slot)] for slot in adapter.sites[site].slots}
+        torch.testing.assert_close(adapter.run(site, given, data.inputs), outputs[site], atol=1e-5, rtol=1e-5)
+    engine, reference = engine_and_reference(_every_site_tree(), adapter, data, torch.arange(6), seed=6)
+    torch.testing.assert_close(engine, reference, atol=1e-4, rtol=1e-4)
