@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -190,17 +190,24 @@ class ModelAdapter:
         Every row given is used (``calibration_rows`` sizes them to the references). Cost, for an adapter
         that patches every site in one pass (``_run_all``) and checks shortcuts by block
         (``_shortcut_groups``), such as ``HookedAdapter``, whatever the number of sites, with R rows and
-        m = ``check_rows`` (R/4, 16 to 64):
+        m = ``check_rows`` (R/8, 8 to 64):
 
         - one clean pass with slots on R rows (offsets, the clean expectations, the hook order);
-        - one pass with every site patched on 2m + R rows: the mixed-slot checks (two halves, each site's
-          output must follow its own slots only) and the shuffled context (does any site read the raw input);
-        - one block call per block start, on R + 2m rows (+ m where sites read the raw input): every site's
-          shortcut from that block on the clean, mixed and shuffled rows at once; each call runs about one
-          block, so together about one pass. A second option is tried only for the sites whose first failed;
-        - one clean pass on 16 rows stopping at the deepest early stop.
+        - one pass with every site patched on 2m rows: two halves in a shuffled context, each with half the
+          sites given mixed slots (each site's output must follow its own slots only, not the raw input);
+        - one block call per block start, on R + 2m rows: every site's shortcut from that block on the clean
+          rows and both halves at once; each call runs about one block, so together about one pass. A
+          second option is tried only for the sites whose first failed;
+        - one clean pass on ``EARLY_STOP_ROWS`` (4) rows stopping at the deepest early stop.
 
-        About 4 clean passes of R rows in all. Other adapters check site by site (a few passes per site).
+        About 3 clean passes of R rows in all (each pass that reads or writes every head's input costs more
+        than a bare forward pass). Should a site's output follow other sites' slots or the raw input, or for
+        adapters without ``_run_all``, sites are checked one by one (a few passes per site), on every row.
+
+        What the sizes catch: the decomposition and the clean shortcut check see every row, so a shortcut
+        wrong only on some inputs is refused if one of the R rows is such an input; confused slots and reads
+        of the raw input are structural and show on the m check rows, unless they matter only for inputs
+        absent from those rows.
         """
         inputs = data.inputs if isinstance(data, Dataset) else data
         self.calibration = None
@@ -208,7 +215,9 @@ class ModelAdapter:
         n = len(inputs)
         outputs, slots, trace = self._counted("clean", n, self._guarded, self._calibration_pass, inputs)
         self._require(outputs, list(self.sites))
-        outputs, slots = _owned(outputs), _owned(slots)  # held across the later passes
+        if self._copy_readings:
+            outputs, slots = _copied(outputs), _copied(slots)
+        versions = _versions(outputs, slots)
         offsets = self._measure_offsets(outputs, slots, rtol)
         self._batched = type(self)._run_all is not ModelAdapter._run_all
         checked = self._batched_checks(inputs, outputs, slots, rtol) if self._batched else None
@@ -217,12 +226,20 @@ class ModelAdapter:
             checked = self._site_checks(inputs, outputs, slots)
         blocks, uses_context, check_rows = checked
         shortcuts = self._verify_shortcuts(blocks, rtol)
-        early = self._verify_early_stops(inputs[:16], {k: v[:16] for k, v in outputs.items()}, trace, rtol)
+        e = self.EARLY_STOP_ROWS
+        early = self._verify_early_stops(inputs[:e], {k: v[:e] for k, v in outputs.items()}, trace, rtol)
+        if _versions(outputs, slots) != versions:  # readings are views of the model's tensors, and it wrote
+            self._copy_readings = True             # into one in a later pass: calibrate again on copies
+            try:
+                return self.calibrate(inputs, rtol)
+            finally:
+                self._copy_readings = False
         self.calibration = Calibration(offsets, shortcuts, early, uses_context, self._positions(outputs), n,
                                        check_rows, dict(self._calls), dict(self._rows))
         return self.calibration
 
     _batched = False  # True while calibrate() checks many sites per pass (the adapter has ``_run_all``)
+    _copy_readings = False  # True: hold copies of the clean readings, not the model's tensors
 
     def _calibration_pass(self, inputs):
         """The clean pass calibration starts from: (outputs, slots, what else the adapter records)."""
@@ -239,6 +256,7 @@ class ModelAdapter:
         constant. Parent sums are built on the longest parent list already summed (in a residual stream
         each site's parents extend an earlier site's), so the work is linear in the sites."""
         sums: dict[tuple[str, ...], object] = {(): 0}
+        buffers: dict = {}  # one scratch tensor per shape, reused by every slot (no fresh memory per slot)
         offsets = {}
         for site in self.sites.values():
             if not site.slots:
@@ -246,10 +264,11 @@ class ModelAdapter:
             total = _parent_sum(site.parents, outputs, sums)
             for slot in site.slots:
                 actual = slots[(site.name, slot)]
-                residual = actual - total
+                residual = torch.sub(actual, total, out=_scratch(buffers, actual))
                 offset = residual.mean(dim=0, keepdim=True)
-                spread = (residual - offset).abs().max().item()
-                scale = actual.abs().max().item() + 1e-6
+                spread = residual.sub_(offset).abs_().max().item()
+                low, high = torch.aminmax(actual)
+                scale = max(-low.item(), high.item()) + 1e-6
                 if spread > rtol * scale * 10 + 1e-5:
                     raise ModelError(
                         f"site {site.name!r} slot {slot!r}: its input is not the sum of its parents' "
@@ -261,47 +280,38 @@ class ModelAdapter:
 
     @staticmethod
     def _check_rows(n: int) -> int:
-        """Rows of the structural checks: a quarter of the calibration rows, 16 to 64 (structural faults,
+        """Rows of the structural checks: an eighth of the calibration rows, 8 to 64 (structural faults,
         confused slots or a read of the raw input, show on almost any row)."""
-        return min(n, max(16, n // 4), 64)
+        return min(n, max(8, n // 8), 64)
+
+    EARLY_STOP_ROWS = 4  # rows of the early-stop check (hook order: the same on every row)
 
     def _batched_checks(self, inputs, outputs, slots, rtol):
-        """The check blocks from one pass with every site patched, on three parts: the first m rows with
-        even sites given mixed slots and odd ones clean, the same with odd and even swapped (each site's
-        output with clean slots must be its clean output whatever the others get: it follows its own slots
-        only), and every row with clean slots in a shuffled context. None if some site's output moved with
-        another's slots (then the caller checks site by site)."""
+        """The check blocks from one pass with every site patched, on the first m rows twice, both in a
+        shuffled context (those rows flipped): once with even sites given mixed slots and odd ones their clean
+        slots, once the other way round. A site given its clean slots must give its clean output whatever the
+        other sites get and whatever the raw input: its output follows its own slots only (so the engine may
+        share computations across contexts). None if some site's does not: then the caller checks site by
+        site, which tells the two apart."""
         n = len(inputs)
+        if n < 2:
+            return [("clean", slots, inputs, outputs)], True, 0
         names = [site.name for site in self.sites.values() if not site.is_source]
-        m = self._check_rows(n) if n >= 2 else 0
+        m = self._check_rows(n)
         first = {key: value[:m] for key, value in slots.items()}
         mixed = self._mixed(first)
         even = {name: i % 2 == 0 for i, name in enumerate(names)}
         keys = [key for key in slots if key[0] in even]
         halves = [{key: (mixed if even[key[0]] == parity else first)[key] for key in keys} for parity in (True, False)]
-        flipped = inputs.flip(0)
-        parts = ([(half, inputs[:m]) for half in halves] if m else []) + ([(slots, flipped)] if n >= 2 else [])
-        if not parts:
-            return [("clean", slots, inputs, outputs)], True, 0
-        got = self._all_runs({key: torch.cat([part[key] for part, _ in parts]) for key in keys},
-                             torch.cat([context for _, context in parts]))
-        cut = [0]
-        for _, context in parts:
-            cut.append(cut[-1] + len(context))
-        split = [{name: value[a:b] for name, value in got.items()} for a, b in zip(cut, cut[1:])]
-        if m:
-            for name in names:  # clean in the half where the others are mixed
-                if not _close(split[1 if even[name] else 0][name], outputs[name][:m], rtol):
-                    return None
-        shuffled = split[-1]
-        uses_context = any(not torch.allclose(value, outputs[site], atol=1e-5, rtol=1e-4)
-                           for site, value in shuffled.items())
-        blocks = [("clean", slots, inputs, outputs)]
-        if m:
-            blocks += [(f"mixed {i}", half, inputs[:m], split[i]) for i, half in enumerate(halves)]
-        if uses_context:
-            blocks.append(("shuffled", first, flipped[:m], {site: value[:m] for site, value in shuffled.items()}))
-        return blocks, uses_context, m
+        context = inputs[:m].flip(0)
+        got = self._all_runs(_Joined(halves, keys), torch.cat([context, context]))
+        split = [{name: value[a:b] for name, value in got.items()} for a, b in ((0, m), (m, 2 * m))]
+        for name in names:  # its clean slots, the others' mixed, another example's raw input
+            if not _close(split[1 if even[name] else 0][name], outputs[name][:m], rtol):
+                return None
+        blocks = [("clean", slots, inputs, outputs)] + [(f"mixed {i}", half, context, split[i])
+                                                        for i, half in enumerate(halves)]
+        return blocks, False, m
 
     def _site_checks(self, inputs, outputs, slots):
         """The check blocks site by site (one ``_run`` per site and check), on every row."""
@@ -379,9 +389,7 @@ class ModelAdapter:
         if self._batched:
             groups = self._shortcut_groups()
             context = torch.cat([block[2] for block in blocks])
-            cut = [0]
-            for block in blocks:
-                cut.append(cut[-1] + len(block[2]))
+            bounds = _bounds([block[2] for block in blocks])
             depth = max((k for _, members in groups for k in members.values()), default=-1)
             for k in range(depth + 1):
                 for call, members in groups:
@@ -389,13 +397,13 @@ class ModelAdapter:
                              and not self.sites[name].is_source]
                     if not names:
                         continue
-                    given = {(name, slot): torch.cat([block[1][(name, slot)] for block in blocks])
-                             for name in names for slot in self.sites[name].slots}
+                    given = _Joined([block[1] for block in blocks],
+                                    [(name, slot) for name in names for slot in self.sites[name].slots])
                     got = self._group_matches(call, given, context, names)
                     for name in names:
                         tried.add((name, k))
                         if got is not None and all(_close(got[name][a:b], block[3][name], rtol)
-                                                   for block, a, b in zip(blocks, cut, cut[1:])):
+                                                   for block, (a, b) in zip(blocks, bounds)):
                             verified[name] = self._shortcuts(name)[k]
         for site in self.sites.values():
             if site.is_source or site.name in verified:
@@ -459,12 +467,50 @@ class ModelAdapter:
             raise ModelError(f"the model raised while computing {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def _owned(values: dict) -> dict:
-    """The readings as tensors of their own (readings may be views of the model's tensors), replaced one at a
-    time so that peak memory stays near one copy."""
+class _Joined(Mapping):
+    """Slot values of several row blocks, each key's blocks concatenated only when it is read (a patched pass
+    reads one hook's slots at a time), so that no copy of every slot is made at once."""
+
+    def __init__(self, parts: list[dict], keys: list):
+        self.parts, self.keys_ = parts, list(keys)
+
+    def __getitem__(self, key):
+        return torch.cat([part[key] for part in self.parts])
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+
+def _bounds(pieces) -> list[tuple[int, int]]:
+    """(start, stop) rows of each piece once they are concatenated."""
+    out, start = [], 0
+    for piece in pieces:
+        out.append((start, start + len(piece)))
+        start += len(piece)
+    return out
+
+
+def _scratch(buffers: dict, like: torch.Tensor) -> torch.Tensor:
+    key = (tuple(like.shape), like.dtype, like.device)
+    if key not in buffers:
+        buffers[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+    return buffers[key]
+
+
+def _copied(values: dict) -> dict:
+    """The readings as tensors of their own, replaced one at a time (peak memory near one copy)."""
     for key in list(values):
         values[key] = values[key].clone()
     return values
+
+
+def _versions(*readings: dict) -> list:
+    """The version counters of the readings (views share their base's): they move if anything writes into
+    a reading in place."""
+    return [value._version for values in readings for value in values.values() if not value.is_inference()]
 
 
 def _parent_sum(parents: tuple[str, ...], outputs, sums: dict):

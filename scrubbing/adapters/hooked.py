@@ -261,14 +261,14 @@ class HookedAdapter(ModelAdapter):
         parts: dict[str, list] = {}
         for name in names:
             for slot, ref in self.spec[name].slots.items():
-                parts.setdefault(ref.hook, []).append((ref, slot_inputs[(name, slot)]))
+                parts.setdefault(ref.hook, []).append((ref, (name, slot)))
         read = [name for name in names if self.spec[name].output is not None]
         returns = len(read) < len(names)
         store: dict[str, torch.Tensor] = {}
         hooks = [(self.spec[name].output.hook, self._collector(store, name, self.spec[name].output,
                                                                None if returns else len(read)))
                  for name in read]
-        hooks += [(hook, self._multi_writer(refs)) for hook, refs in parts.items()]
+        hooks += [(hook, self._multi_writer(refs, slot_inputs)) for hook, refs in parts.items()]
         result = None
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
             try:
@@ -331,9 +331,11 @@ class HookedAdapter(ModelAdapter):
         return hook
 
     @staticmethod
-    def _multi_writer(refs: list):
-        """One hook writing several refs' values: per head in place, or the whole tensor at once."""
+    def _multi_writer(keyed: list, slot_inputs):
+        """One hook writing several refs' values: per head in place, or the whole tensor at once. Values are
+        looked up in ``slot_inputs`` when the hook fires (it may build them then: ``sites._Joined``)."""
         def hook(value, hook):
+            refs = [(ref, slot_inputs[key]) for ref, key in keyed]
             heads = [ref.head for ref, _ in refs]
             if None not in heads and sorted(heads) == list(range(value.shape[2])):
                 ordered = sorted(refs, key=lambda item: item[0].head)
