@@ -314,3 +314,34 @@ def test_the_shortcut_the_engine_runs_is_the_one_calibration_checked():
         torch.testing.assert_close(adapter.run(site, given, data.inputs), outputs[site], atol=1e-5, rtol=1e-5)
     engine, reference = engine_and_reference(_every_site_tree(), adapter, data, torch.arange(6), seed=6)
     torch.testing.assert_close(engine, reference, atol=1e-4, rtol=1e-4)
+
+
+class _Keeps(_Small):
+    """Keeps its last linear output and zeroes it at the start of the next pass (a cache reused in place):
+    readings of an earlier pass change under calibration's later ones."""
+
+    last = None
+
+    def forward(self, tokens):
+        if self.last is not None:
+            self.last.mul_(0.0)
+        e = self.hook_embed(self.embed(tokens))
+        h = self.hook_lin(self.lin(self.hook_lin_in(e.clone())))
+        self.last = h
+        return self.out(self.hook_out_in(e + h))
+
+
+def test_readings_a_model_later_writes_into_are_copied():
+    """Calibration holds the clean readings as the model's own tensors; one the model writes into during a later
+    pass is noticed (version counters) and calibration redone on copies, deciding what an honest model gets."""
+    torch.manual_seed(0)
+    honest = _Small().eval()
+    keeps = _Keeps().eval()
+    keeps.load_state_dict(honest.state_dict())
+    data = _small_data()
+    expected = HookedAdapter(honest, SMALL_SITES).calibrate(data)
+    got = HookedAdapter(keeps, SMALL_SITES).calibrate(data)
+    assert got.early_stops == expected.early_stops == {"embed", "lin", "output"}
+    assert got.uses_context == expected.uses_context
+    for key, offset in expected.offsets.items():
+        torch.testing.assert_close(got.offsets[key], offset)
