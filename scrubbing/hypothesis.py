@@ -46,6 +46,13 @@ class Edge:
     parent: str
     into: tuple[str, ...] | None = None
     via: Union[str, tuple[str, ...]] = "all"
+    feature: "FeatureFn | Exact | None" = None
+    """The edge's own feature: what the parent's value fed along this edge (into these slots) is
+    claimed to carry. That value is the parent's, computed on an example drawn from those agreeing
+    with the child's example on this feature (instead of the parent node's feature), the parent's
+    own inputs scrubbed as the parent node says. Exactly as if the edge came from a copy of the
+    parent node (same site and parents) with this feature, named ``parent->child.slots``, which is
+    how ``bind`` states it; a parent whose every edge has a feature is then used only through its copies."""
 
     def __post_init__(self):
         if isinstance(self.into, str):
@@ -253,12 +260,57 @@ def _edges(parents: Iterable[str | Edge]) -> tuple[Edge, ...]:
     return tuple(p if isinstance(p, Edge) else Edge(p) for p in parents)
 
 
+def _feature_label(feature) -> str:
+    return getattr(feature, "name", None) or getattr(feature, "__name__", "feature")
+
+
+def edge_node_name(edge: Edge, child: str) -> str:
+    """The name of the parent's copy that carries an edge's own feature."""
+    return f"{edge.parent}->{child}" + ("" if edge.into is None else "." + "/".join(edge.into))
+
+
+def lower_edge_features(h: "Hypothesis") -> "Hypothesis":
+    """The same claim with every edge feature stated as a node: a copy of the parent with that feature."""
+    if not any(e.feature is not None for node in h.nodes.values() for e in node.parents):
+        return h
+    new = h.copy()
+    used_plain = {e.parent for node in h.nodes.values() for e in node.parents if e.feature is None}
+    lowered: dict[str, Node] = {}
+    copies: dict[str, tuple[str, object]] = {}  # copy -> (parent, feature)
+    for name, node in h.nodes.items():
+        edges = []
+        for edge in node.parents:
+            if edge.feature is None:
+                edges.append(edge)
+                continue
+            if edge.parent not in h.nodes:
+                raise HypothesisError(f"node {name!r} lists parent {edge.parent!r}, which is not declared; "
+                                      "declare it with hypothesis.node(...).")
+            copy_name = edge_node_name(edge, name)
+            if copy_name in h.nodes or copy_name in copies:
+                raise HypothesisError(f"edge {edge.parent!r} -> {name!r}: its feature needs a node named {copy_name!r}, "
+                                      "which is taken; rename that node.")
+            copies[copy_name] = (edge.parent, edge.feature)
+            edges.append(replace(edge, parent=copy_name, feature=None))
+        lowered[name] = replace(node, parents=tuple(edges))
+    new.nodes = {}
+    for name, node in lowered.items():
+        for edge in node.parents:  # each copy just before the first node that reads it
+            if edge.parent in copies and edge.parent not in new.nodes:
+                parent, feature = copies[edge.parent]
+                new.nodes[edge.parent] = replace(lowered[parent], name=edge.parent, feature=feature,
+                                                 feature_name=_feature_label(feature))
+        if name == OUTPUT or name in used_plain or not any(name == p for p, _ in copies.values()):
+            new.nodes[name] = node  # a parent used only through its copies is left out
+    return new
+
+
 def _unclaimed_text(value) -> str:
     return value if isinstance(value, str) else ", ".join(f"{k} {v}" for k, v in value.items())
 
 
 def _edge_text(edge: Edge) -> str:
-    extra = []
+    extra = [] if edge.feature is None else [f"feature {_feature_label(edge.feature)}"]
     if edge.into is not None:
         extra.append("into " + "/".join(edge.into))
     if edge.via != "all":
@@ -277,6 +329,7 @@ class BoundHypothesis:
     order: list[str] = field(init=False)
 
     def __post_init__(self):
+        self.hypothesis = lower_edge_features(self.hypothesis)
         h, adapter = self.hypothesis, self.adapter
         nodes = h.nodes
         if OUTPUT not in nodes:
