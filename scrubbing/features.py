@@ -78,3 +78,18 @@ def joint(*features: Callable[[Dataset], torch.Tensor], name: str | None = None)
         return out
 
     return Feature(label, fn)
+
+
+def merge_rare(values: torch.Tensor, min_size: int = 2) -> torch.Tensor:
+    """1-D ordinal class ids with every class of fewer than ``min_size`` members merged one step towards the
+    median, until none is left (extreme values become "this far or further"): a binning with no singleton."""
+    values, median = values.clone(), values.median()
+    while True:
+        uniq, counts = values.unique(return_counts=True)
+        rare = uniq[counts < min_size]
+        if len(rare) == 0 or len(uniq) == 1:
+            return values
+        v = rare[(rare - median).abs().argmax()]
+        step = torch.where(v > median, -1, 1)
+        target = uniq[(uniq - v) * step > 0]
+        values[values == v] = target[((target - v) * step).argmin()] if len(target) else v
