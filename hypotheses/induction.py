@@ -1,21 +1,12 @@
-"""Induction heads in a 2-layer attention-only model: the claims of Redwood's causal-scrubbing writeup.
+"""Induction heads in a 2-layer attention-only model: the claims of Redwood's causal-scrubbing writeup (2022).
 
-Redwood ("Causal scrubbing: results on induction heads", 2022) tested how the induction heads read their
-inputs, one slot at a time, with everything outside the induction heads kept on the reference. Published
-loss recovered (their 0 %: the induction heads on an unrelated input): embeddings → V 90 %, embeddings → Q
-51 %, previous-token head → K 83 %, the naive conjunction 35 %, a refined hypothesis 86 %. Which of our
-heads play which role is read from attention scores (``benchmarks/induction/FINDINGS.md``).
-
-How a claim is written: ``unclaimed="reference"`` keeps every input no edge claims on the reference (the
-frame: the embedding and layer-0 heads into the output, and any q/k/v slot a claim says nothing about).
-A slot a claim is about reads only the sites it names, each through the direct path and resampled from
-examples agreeing on the edge's feature (e.g. the token at t - k); its other parent sites take the
-head's random draw r (``unclaimed={slot: "draw"}``). Each induction head gets its own draws (Redwood
-scrubbed their two as one node).
-
-``hypotheses``: the five published claims; ``baseline``: Redwood's 0 % point; ``extra_hypotheses``: our
-first refined attempt; ``diagnostics()``: one-slot probes. ``PYTHONPATH=. python hypotheses/induction.py``
-prints loss recovered against Redwood's baseline (``scrub(..., baseline=baseline)``).
+Published loss recovered (their 0 %: the induction heads on an unrelated input, ``baseline`` here): embeddings
+→ V 90 %, → Q 51 %, previous-token head → K 83 %, the naive conjunction 35 %, refined 86 %. Which of our heads
+play which role: ``benchmarks/induction/FINDINGS.md``. ``unclaimed="reference"`` keeps every input no edge claims
+on the reference (the frame, and any q/k/v slot a claim says nothing about); a slot a claim is about reads only
+the sites it names, direct, each resampled from examples agreeing on the edge's feature, its other parent sites
+on the head's random draw. Each induction head gets its own draws (Redwood scrubbed their two as one node).
+``PYTHONPATH=. python hypotheses/induction.py [n_refs] [--probes]`` prints % recovered against ``baseline``.
 """
 
 from __future__ import annotations
