@@ -188,7 +188,11 @@ def hypotheses(draw, adapter):
                 continue
             slots = sites[site].slots
             into = draw(st.sampled_from([None, *[(s,) for s in slots], *([tuple(slots[:2])] if len(slots) > 2 else [])]))
-            parents.append(Edge(earlier, into=into, via=via))
+            kinds = st.integers(0, 3) if positions else st.sampled_from([0, 1, 3])  # no per-position classes
+            # sometimes the edge's own feature: the parent's value on this edge is drawn by it instead
+            feature = _feature(draw(kinds), draw(st.integers(2, 3)), draw(st.integers(0, 1))) if draw(st.booleans()) \
+                else None
+            parents.append(Edge(earlier, into=into, via=via, feature=feature))
             has_child.add(earlier)
         kind = draw(st.integers(0, 3)) if positions else draw(st.sampled_from([0, 1, 3]))  # no per-position classes
         h.node(site, site, _feature(kind, draw(st.integers(2, 3)), draw(st.integers(0, 1))), parents=parents,
