@@ -384,9 +384,6 @@ class BoundHypothesis:
             own = own.get(slot)
         return own or self.hypothesis.unclaimed
 
-    def is_exact(self, name: str) -> bool:
-        return isinstance(self.hypothesis.nodes[name].feature, Exact)
-
     def is_positional(self, name: str) -> bool:
         classes = self.classes[name]
         return classes is not None and classes.dim() == 2

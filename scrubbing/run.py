@@ -17,7 +17,7 @@ from .execute import Engine
 from .hypothesis import Hypothesis
 from .plan import make_plan
 from .families import DEFAULT_FAMILIES, Family
-from .regimes import REGISTRY, Scorer, Search
+from .regimes import REGISTRY, Scorer, Search, SharedContext
 from .report import REGIMES, RegimeResult, RunResult
 from .sampling import RandomSampler, class_tables
 from .stats import delta_histogram, summarize, tail
@@ -82,7 +82,7 @@ def scrub(
         raise ScrubError(str(err)) from None
     adapter, data = task.adapter, task.data
     with _evaluation_mode(adapter, device):
-        _calibrated(adapter, data, n_refs)
+        calibrate_once(adapter, data, n_refs)
         bound = hypothesis.bind(adapter, data)
         root = np.random.SeedSequence(seed)
         split_seed, base_seed, boot_seed, *regime_seeds = root.spawn(3 + len(REGIMES))
@@ -115,7 +115,7 @@ def scrub(
         tables = class_tables(bound.classes, pool, np.random.default_rng(split_seed.spawn(1)[0]))
         results: dict[str, RegimeResult] = {}
         digest = ""
-        context = None
+        shared = SharedContext()
         for name in REGIMES:
             if name not in regimes:
                 results[name] = RegimeResult(status="not run")
@@ -123,10 +123,9 @@ def scrub(
             regime_seed = regime_seeds[REGIMES.index(name)]
             rng = np.random.default_rng(regime_seed)
             search = Search(scorer, tables, search_refs, rng, budget, families or DEFAULT_FAMILIES,
-                            seed=int(regime_seed.generate_state(1)[0]) % 2**31, _context=context,
+                            seed=int(regime_seed.generate_state(1)[0]) % 2**31, shared=shared,
                             evaluator=evaluator)
             sampler, details = REGISTRY[name](search)
-            context = search._context
             plan = make_plan(bound, refs, sampler, rng)
             digest = digest or plan.digest()
             first = scorer.scrub(plan)
@@ -166,7 +165,7 @@ def _judged(result: RunResult, expectations) -> RunResult:
     return result
 
 
-def _calibrated(adapter, data, n_refs: int | None = None) -> None:
+def calibrate_once(adapter, data, n_refs: int | None = None) -> None:
     """Calibrate once, on as many examples as the references (``sites.calibration_rows``)."""
     if getattr(adapter, "calibration", None) is None:
         from .sites import calibration_rows

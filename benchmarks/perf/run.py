@@ -483,7 +483,7 @@ def main(argv=None) -> int:
             try:
                 by_case[case.key] = engine_case(case, n_refs, k, reps, log)
             except Exception as exc:  # noqa: BLE001 - a broken hypothesis file must not sink the suite
-                msg = cases._failure(f"case {case.key}", exc)
+                msg = cases.failure_line(f"case {case.key}", exc)
                 notes.append(msg)
                 log(f"[yellow]note:[/yellow] {msg}")
         results["engine_cases"] = by_case
@@ -504,7 +504,7 @@ def main(argv=None) -> int:
             try:
                 tl[key] = tl_case(key, task, n_refs, reps, log)
             except Exception as exc:  # noqa: BLE001
-                msg = cases._failure(f"TL comparison on {key}", exc)
+                msg = cases.failure_line(f"TL comparison on {key}", exc)
                 notes.append(msg)
                 log(f"[yellow]note:[/yellow] {msg}")
         results["tl_cases"] = tl
