@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .plan import FromDraw, FromParent, Plan, Recompute
+from .plan import FromDraw, FromOwn, FromParent, Plan, Recompute
 from .errors import ModelError
 from .sites import Dataset, ModelAdapter
 
@@ -232,6 +232,8 @@ class _Compiler:
                     terms.append(parents[term.node])
                 elif isinstance(term, FromDraw):
                     terms.append(draws[..., None].expand(shape))
+                elif isinstance(term, FromOwn):
+                    terms.append(contexts[..., None].expand(shape))
                 else:
                     terms.append(self._recipe(term, contexts, draws, parents, memo))
         keys = torch.stack(terms, dim=-2)
