@@ -45,6 +45,11 @@ def refused(directory, *words):
     return message
 
 
+def test_an_unknown_fixture_name_lists_the_shipped_ones():
+    with pytest.raises(ScrubError, match=r"no tracr fixture 'ghost'.*\['frac_prevs', 'reverse', 'succ_length'\]"):
+        load("ghost")
+
+
 def test_an_untouched_copy_loads_like_the_shipped_fixture(copy):
     fixture, shipped = load_fixture(copy), load("succ_length")
     assert fixture.ops == shipped.ops and torch.equal(fixture.data.inputs, shipped.data.inputs)
