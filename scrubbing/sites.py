@@ -258,13 +258,14 @@ class ModelAdapter:
                 if checked is None:  # no batched pass, or a site's output moved with other sites' slots
                     self._batched = False
                     return self._calibrate_site_by_site(inputs, rtol, readings if whole else None, offsets)
-                blocks, uses_context, check_rows = checked
+                (blocks, uses_context, check_rows), checked = checked, None
             else:
                 blocks = [("clean", slots, chunk, outputs)]
             checks.run(blocks, index)
             if index == 0:
                 early = self._early_stops(chunk, outputs, trace, rtol)
             self._unchanged(readings)
+            del readings, outputs, slots, trace, blocks  # this chunk's readings go before the next is read
         if offsets is None:
             offsets = sums.offsets(rtol)
         while checks.pending():  # options taken up after the first chunk: checked again on every chunk
@@ -276,6 +277,7 @@ class ModelAdapter:
                           else [("clean", slots, chunk, outputs)])
                 checks.run(blocks, index)
                 self._unchanged(readings)
+                del readings, outputs, slots, blocks
         return Calibration(offsets, checks.verified, early, uses_context, positions, n, check_rows,
                            dict(self._calls), dict(self._rows))
 
