@@ -66,6 +66,7 @@ def calibration_rows(n_examples: int, n_refs: int | None = None) -> int:
 
 MIN_CALIBRATION_ROWS = 64
 MAX_CALIBRATION_ROWS = 256
+CALIBRATION_MEMORY_BUDGET = 1 << 30  # bytes of clean readings calibration holds at once (``calibrate``)
 
 
 class ModelAdapter:
@@ -179,7 +180,8 @@ class ModelAdapter:
         return total
 
     # -- calibration ----------------------------------------------------------------------
-    def calibrate(self, data: "Dataset | torch.Tensor", rtol: float = 1e-4) -> Calibration:
+    def calibrate(self, data: "Dataset | torch.Tensor", rtol: float = 1e-4,
+                  memory_budget: int | None = CALIBRATION_MEMORY_BUDGET) -> Calibration:
         """Measure each slot's constant offset and check the sum decomposition holds; sets and returns
         ``calibration``.
 
@@ -187,22 +189,28 @@ class ModelAdapter:
         (``uses_context``): if not, the engine may share computations across contexts; and verifies what the
         engine may skip: each site's shortcut and where a clean pass may stop.
 
-        Every row given is used (``calibration_rows`` sizes them to the references). Cost, for an adapter
-        that patches every site in one pass (``_run_all``) and checks shortcuts by block
-        (``_shortcut_groups``), such as ``HookedAdapter``, whatever the number of sites, with R rows and
-        m = ``check_rows`` (R/8, 8 to 64):
+        Every row given is used (``calibration_rows`` sizes them to the references). Memory: the clean readings
+        (every site's output and slot) are held for one chunk of rows at a time, as many as ``memory_budget``
+        bytes hold (``_row_bytes``; at least the check rows; None: every row at once); what the checks keep
+        across chunks is per-slot and per-site running sums and maxima, so peak memory follows the budget,
+        not the number of rows. The decisions are those of holding every row at once (same rows, same
+        tolerances). Cost, for an adapter that patches every site in one pass (``_run_all``) and checks
+        shortcuts by block (``_shortcut_groups``), such as ``HookedAdapter``, whatever the number of sites,
+        with R rows in c chunks and m = ``check_rows`` (R/8, 8 to 64):
 
-        - one clean pass with slots on R rows (offsets, the clean expectations, the hook order);
+        - one clean pass with slots per chunk (R rows in all): offsets, the clean expectations, the hook order;
         - one pass with every site patched on 2m rows: two halves in a shuffled context, each with half the
           sites given mixed slots (each site's output must follow its own slots only, not the raw input);
-        - one block call per block start, on R + 2m rows: every site's shortcut from that block on the clean
-          rows and both halves at once; each call runs about one block, so together about one pass. A
-          second option is tried only for the sites whose first failed;
+        - one block call per block start and chunk, on R + 2m rows in all: every site's shortcut from that
+          block on the clean rows and both halves (with the first chunk); each call runs about one block, so
+          together about one pass. A second option is tried only for the sites whose first failed;
         - one clean pass on ``EARLY_STOP_ROWS`` (4) rows stopping at the deepest early stop.
 
         About 3 clean passes of R rows in all (each pass that reads or writes every head's input costs more
-        than a bare forward pass). Should a site's output follow other sites' slots or the raw input, or for
-        adapters without ``_run_all``, sites are checked one by one (a few passes per site), on every row.
+        than a bare forward pass), whatever c: chunks add calls, not rows. Only should a shortcut fail by its
+        values (not by raising) is a chunked calibration's sweep repeated, for the sites whose next option then
+        needs every chunk. Should a site's output follow other sites' slots or the raw input, or for adapters
+        without ``_run_all``, sites are checked one by one (a few passes per site), on every row at once.
 
         What the sizes catch: the decomposition and the clean shortcut check see every row, so a shortcut
         wrong only on some inputs is refused if one of the R rows is such an input; confused slots and reads
@@ -212,34 +220,115 @@ class ModelAdapter:
         inputs = data.inputs if isinstance(data, Dataset) else data
         self.calibration = None
         self._calls, self._rows = {}, {}
-        n = len(inputs)
-        outputs, slots, trace = self._counted("clean", n, self._guarded, self._calibration_pass, inputs)
-        self._require(outputs, list(self.sites))
-        if self._copy_readings:
-            outputs, slots = _copied(outputs), _copied(slots)
-        versions = _versions(outputs, slots)
-        offsets = self._measure_offsets(outputs, slots, rtol)
         self._batched = type(self)._run_all is not ModelAdapter._run_all
-        checked = self._batched_checks(inputs, outputs, slots, rtol) if self._batched else None
-        if checked is None:  # no batched pass, or a site's output moved with other sites' slots: site by site
-            self._batched = False
-            checked = self._site_checks(inputs, outputs, slots)
-        blocks, uses_context, check_rows = checked
-        shortcuts = self._verify_shortcuts(blocks, rtol)
-        e = self.EARLY_STOP_ROWS
-        early = self._verify_early_stops(inputs[:e], {k: v[:e] for k, v in outputs.items()}, trace, rtol)
-        if _versions(outputs, slots) != versions:  # readings are views of the model's tensors, and it wrote
-            self._copy_readings = True             # into one in a later pass: calibrate again on copies
+        try:
+            calibration = self._calibrate(inputs, rtol, memory_budget)
+        except _Rewritten:  # readings are views of the model's tensors, and it wrote into one in a later pass:
+            self._copy_readings = True  # calibrate again on copies
             try:
-                return self.calibrate(inputs, rtol)
+                return self.calibrate(inputs, rtol, memory_budget)
             finally:
                 self._copy_readings = False
-        self.calibration = Calibration(offsets, shortcuts, early, uses_context, self._positions(outputs), n,
-                                       check_rows, dict(self._calls), dict(self._rows))
-        return self.calibration
+        self.calibration = calibration
+        return calibration
 
     _batched = False  # True while calibrate() checks many sites per pass (the adapter has ``_run_all``)
     _copy_readings = False  # True: hold copies of the clean readings, not the model's tensors
+
+    def _calibrate(self, inputs, rtol, budget) -> Calibration:
+        n = len(inputs)
+        m = self._check_rows(n) if n >= 2 else 0
+        size = self._chunk_size(inputs, budget, m) if self._batched else max(n, 1)
+        chunks = [(a, min(a + size, n)) for a in range(0, n, size)] or [(0, 0)]
+        whole = len(chunks) == 1
+        sums = _OffsetSums(whole)
+        checks = _ShortcutChecks(self, rtol, last=len(chunks) - 1)
+        offsets = early = positions = None
+        uses_context = check_rows = None
+        for index, (a, b) in enumerate(chunks):
+            chunk = inputs[a:b]
+            readings = self._read(chunk)
+            outputs, slots, trace, _ = readings
+            sums.add(self.sites, outputs, slots)
+            if whole:
+                offsets = sums.offsets(rtol)
+            if index == 0:
+                positions = self._positions(outputs)
+                checked = self._batched_checks(chunk, outputs, slots, rtol, m) if self._batched else None
+                if checked is None:  # no batched pass, or a site's output moved with other sites' slots
+                    self._batched = False
+                    return self._calibrate_site_by_site(inputs, rtol, readings if whole else None, offsets)
+                (blocks, uses_context, check_rows), checked = checked, None
+            else:
+                blocks = [("clean", slots, chunk, outputs)]
+            checks.run(blocks, index)
+            if index == 0:
+                early = self._early_stops(chunk, outputs, trace, rtol)
+            self._unchanged(readings)
+            del readings, outputs, slots, trace, blocks  # this chunk's readings go before the next is read
+        if offsets is None:
+            offsets = sums.offsets(rtol)
+        while checks.pending():  # options taken up after the first chunk: checked again on every chunk
+            for index, (a, b) in enumerate(chunks):
+                chunk = inputs[a:b]
+                readings = self._read(chunk)
+                outputs, slots, _, _ = readings
+                blocks = (self._batched_checks(chunk, outputs, slots, rtol, m)[0] if index == 0
+                          else [("clean", slots, chunk, outputs)])
+                checks.run(blocks, index)
+                self._unchanged(readings)
+                del readings, outputs, slots, blocks
+        return Calibration(offsets, checks.verified, early, uses_context, positions, n, check_rows,
+                           dict(self._calls), dict(self._rows))
+
+    def _calibrate_site_by_site(self, inputs, rtol, readings=None, offsets=None) -> Calibration:
+        """Every site checked alone (``_site_checks``), on every row at once."""
+        if readings is None:
+            readings = self._read(inputs)
+        outputs, slots, trace, _ = readings
+        if offsets is None:
+            sums = _OffsetSums(True)
+            sums.add(self.sites, outputs, slots)
+            offsets = sums.offsets(rtol)
+        blocks, uses_context, check_rows = self._site_checks(inputs, outputs, slots)
+        checks = _ShortcutChecks(self, rtol, last=0)
+        checks.run(blocks, 0)
+        early = self._early_stops(inputs, outputs, trace, rtol)
+        self._unchanged(readings)
+        return Calibration(offsets, checks.verified, early, uses_context, self._positions(outputs), len(inputs),
+                           check_rows, dict(self._calls), dict(self._rows))
+
+    def _read(self, inputs):
+        """Calibration's clean pass on these rows: (outputs, slots, trace, the readings' version counters)."""
+        outputs, slots, trace = self._counted("clean", len(inputs), self._guarded, self._calibration_pass, inputs)
+        self._require(outputs, list(self.sites))
+        if self._copy_readings:
+            outputs, slots = _copied(outputs), _copied(slots)
+        return outputs, slots, trace, _versions(outputs, slots)
+
+    @staticmethod
+    def _unchanged(readings) -> None:
+        outputs, slots, _, versions = readings
+        if _versions(outputs, slots) != versions:
+            raise _Rewritten
+
+    def _early_stops(self, inputs, outputs, trace, rtol) -> frozenset[str]:
+        e = self.EARLY_STOP_ROWS
+        return self._verify_early_stops(inputs[:e], {k: v[:e] for k, v in outputs.items()}, trace, rtol)
+
+    def _chunk_size(self, inputs, budget: int | None, m: int) -> int:
+        """Rows per chunk: as many as ``budget`` bytes of readings hold, at least the check rows (the first
+        chunk holds them) and one; every row where the adapter cannot say what a row's readings take."""
+        n = max(len(inputs), 1)
+        per_row = self._row_bytes(inputs) if budget is not None else None
+        if not per_row:
+            return n
+        return max(m, 1, min(n, budget // per_row))
+
+    def _row_bytes(self, inputs) -> int | None:
+        """About the bytes one row's clean readings (every site's output and slot) take; None where unknown
+        (calibration then holds every row at once). Adapters of large models override it."""
+        return None
 
     def _calibration_pass(self, inputs):
         """The clean pass calibration starts from: (outputs, slots, what else the adapter records)."""
@@ -251,33 +340,6 @@ class ModelAdapter:
         self._rows[what] = self._rows.get(what, 0) + rows
         return fn(*args)
 
-    def _measure_offsets(self, outputs, slots, rtol) -> dict[tuple[str, str], torch.Tensor]:
-        """Each slot's mean residual (its value minus the sum of its parents' outputs), refused unless
-        constant. Parent sums are built on the longest parent list already summed (in a residual stream
-        each site's parents extend an earlier site's), so the work is linear in the sites."""
-        sums: dict[tuple[str, ...], object] = {(): 0}
-        buffers: dict = {}  # one scratch tensor per shape, reused by every slot (no fresh memory per slot)
-        offsets = {}
-        for site in self.sites.values():
-            if not site.slots:
-                continue
-            total = _parent_sum(site.parents, outputs, sums)
-            for slot in site.slots:
-                actual = slots[(site.name, slot)]
-                residual = torch.sub(actual, total, out=_scratch(buffers, actual))
-                offset = residual.mean(dim=0, keepdim=True)
-                spread = residual.sub_(offset).abs_().max().item()
-                low, high = torch.aminmax(actual)
-                scale = max(-low.item(), high.item()) + 1e-6
-                if spread > rtol * scale * 10 + 1e-5:
-                    raise ModelError(
-                        f"site {site.name!r} slot {slot!r}: its input is not the sum of its parents' "
-                        f"outputs plus a constant (deviation {spread:.3g} vs scale {scale:.3g}). "
-                        f"Declare the missing parent sites, or split the site so each slot reads a sum."
-                    )
-                offsets[(site.name, slot)] = offset[0]
-        return offsets
-
     @staticmethod
     def _check_rows(n: int) -> int:
         """Rows of the structural checks: an eighth of the calibration rows, 8 to 64 (structural faults,
@@ -286,23 +348,22 @@ class ModelAdapter:
 
     EARLY_STOP_ROWS = 4  # rows of the early-stop check (hook order: the same on every row)
 
-    def _batched_checks(self, inputs, outputs, slots, rtol):
+    def _batched_checks(self, inputs, outputs, slots, rtol, m: int):
         """The check blocks from one pass with every site patched, on the first m rows twice, both in a
         shuffled context (those rows flipped): once with even sites given mixed slots and odd ones their clean
         slots, once the other way round. A site given its clean slots must give its clean output whatever the
         other sites get and whatever the raw input: its output follows its own slots only (so the engine may
         share computations across contexts). None if some site's does not: then the caller checks site by
-        site, which tells the two apart."""
-        n = len(inputs)
-        if n < 2:
+        site, which tells the two apart. ``inputs`` may be the first chunk of the calibration rows."""
+        if m == 0:
             return [("clean", slots, inputs, outputs)], True, 0
         names = [site.name for site in self.sites.values() if not site.is_source]
-        m = self._check_rows(n)
         first = {key: value[:m] for key, value in slots.items()}
         mixed = self._mixed(first)
         even = {name: i % 2 == 0 for i, name in enumerate(names)}
         keys = [key for key in slots if key[0] in even]
-        halves = [{key: (mixed if even[key[0]] == parity else first)[key] for key in keys} for parity in (True, False)]
+        halves = [_Lazy(keys, lambda key, parity=parity: (mixed if even[key[0]] == parity else first)[key])
+                  for parity in (True, False)]
         context = inputs[:m].flip(0)
         got = self._all_runs(_Joined(halves, keys), torch.cat([context, context]))
         split = [{name: value[a:b] for name, value in got.items()} for a, b in ((0, m), (m, 2 * m))]
@@ -328,14 +389,11 @@ class ModelAdapter:
             blocks.append(("shuffled", slots, inputs.flip(0), shuffled))
         return blocks, uses_context, n
 
-    def _mixed(self, slots) -> dict[tuple[str, str], torch.Tensor]:
+    def _mixed(self, slots) -> Mapping:
         """Every slot's values taken from other examples, each slot of a site shifted differently
-        (so a shortcut that confuses its slots shows)."""
-        mixed = {}
-        for site in self.sites.values():
-            for i, slot in enumerate(site.slots):
-                mixed[(site.name, slot)] = slots[(site.name, slot)].roll(i + 1, dims=0)
-        return mixed
+        (so a shortcut that confuses its slots shows); each made when read (no copy of every slot at once)."""
+        shifts = {(site.name, slot): i + 1 for site in self.sites.values() for i, slot in enumerate(site.slots)}
+        return _Lazy(list(shifts), lambda key: slots[key].roll(shifts[key], dims=0))
 
     def _all_runs(self, slot_inputs, inputs) -> dict[str, torch.Tensor]:
         """Every non-source site's output from its given slots: one patched pass (``_run_all``) where the
@@ -379,45 +437,6 @@ class ModelAdapter:
             return {}
         return self._all_runs(slots, inputs.flip(0))
 
-    def _verify_shortcuts(self, blocks, rtol: float) -> dict[str, Callable]:
-        """Per site, the first shortcut that gives ``_run``'s output on every check block (clean slots;
-        slots from other examples; shuffled contexts where sites read the raw input). A shortcut that raises
-        or differs is not used. Group shortcuts are checked on every site of the group in one call, the
-        blocks' rows concatenated; option k+1 only for the sites whose option k failed."""
-        verified: dict[str, Callable] = {}
-        tried: set[tuple[str, int]] = set()
-        if self._batched:
-            groups = self._shortcut_groups()
-            context = torch.cat([block[2] for block in blocks])
-            bounds = _bounds([block[2] for block in blocks])
-            depth = max((k for _, members in groups for k in members.values()), default=-1)
-            for k in range(depth + 1):
-                for call, members in groups:
-                    names = [name for name, option in members.items() if option == k and name not in verified
-                             and not self.sites[name].is_source]
-                    if not names:
-                        continue
-                    given = _Joined([block[1] for block in blocks],
-                                    [(name, slot) for name in names for slot in self.sites[name].slots])
-                    got = self._group_matches(call, given, context, names)
-                    for name in names:
-                        tried.add((name, k))
-                        if got is not None and all(_close(got[name][a:b], block[3][name], rtol)
-                                                   for block, (a, b) in zip(blocks, bounds)):
-                            verified[name] = self._shortcuts(name)[k]
-        for site in self.sites.values():
-            if site.is_source or site.name in verified:
-                continue
-            for k, option in enumerate(self._shortcuts(site.name)):
-                if (site.name, k) in tried:
-                    continue
-                if all(self._matches(option, site.name, {slot: given[(site.name, slot)] for slot in site.slots},
-                                     context, expected[site.name], rtol)
-                       for _, given, context, expected in blocks):
-                    verified[site.name] = option
-                    break
-        return verified
-
     def _group_matches(self, call, slot_inputs, context, names):
         self._calls["group"] = self._calls.get("group", 0) + 1
         self._rows["group"] = self._rows.get("group", 0) + len(context)
@@ -444,16 +463,16 @@ class ModelAdapter:
                 safe.add(name)
         return frozenset(safe)
 
-    def _matches(self, option, site, given, context, expected, rtol) -> bool:
+    def _alone(self, option, site, given, context):
+        """One site's shortcut on one block; None if it raises."""
         self._calls["shortcut"] = self._calls.get("shortcut", 0) + 1
         self._rows["shortcut"] = self._rows.get("shortcut", 0) + len(context)
         try:
             with torch.no_grad():
-                got = option(site, given, context)
+                return option(site, given, context)
         except Exception:  # noqa: BLE001 - a shortcut that fails is simply not used
             self.restore()
-            return False
-        return _close(got, expected, rtol)
+            return None
 
     def _guarded(self, fn, *args):
         try:
@@ -465,6 +484,194 @@ class ModelAdapter:
             self.restore()
             what = f"site {args[0]!r}" if isinstance(args[0], str) else "a clean forward pass"
             raise ModelError(f"the model raised while computing {what}: {type(exc).__name__}: {exc}") from exc
+
+
+class _Rewritten(Exception):
+    """A reading (a view of the model's tensor) changed under a later pass: calibrate again on copies."""
+
+
+class _Lazy(Mapping):
+    """Slot values made when read (``make(key)``), so that a derived set of every slot is never held at once."""
+
+    def __init__(self, keys: list, make: Callable):
+        self.keys_, self.make = list(keys), make
+
+    def __getitem__(self, key):
+        return self.make(key)
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+
+class _OffsetSums:
+    """Each slot's residual (its value minus the sum of its parents' outputs), summed up over chunks of rows:
+    its sum, its elementwise least and greatest values and the slot's largest magnitude. That gives the mean
+    (the offset) and the largest deviation from it exactly as from every row at once (x - mean, rounded, is
+    monotone in x), the mean to rounding (summed in float64). With one chunk (``whole``) the mean is that
+    chunk's ``mean``, the offsets calibration always had. Parent sums are built on the longest parent list
+    already summed (in a residual stream each site's parents extend an earlier site's), so the work is linear
+    in the sites."""
+
+    def __init__(self, whole: bool):
+        self.whole, self.rows, self.seen = whole, 0, {}
+
+    def add(self, sites: dict, outputs, slots) -> None:
+        sums: dict[tuple[str, ...], object] = {(): 0}
+        buffers: dict = {}  # one scratch tensor per shape, reused by every slot (no fresh memory per slot)
+        for site in sites.values():
+            if not site.slots:
+                continue
+            total = _parent_sum(site.parents, outputs, sums)
+            for slot in site.slots:
+                actual = slots[(site.name, slot)]
+                residual = torch.sub(actual, total, out=_scratch(buffers, actual))
+                low, high = torch.aminmax(actual)
+                scale = max(-low.item(), high.item())
+                key = (site.name, slot)
+                if self.whole:
+                    offset = residual.mean(dim=0, keepdim=True)
+                    self.seen[key] = (offset[0], residual.sub_(offset).abs_().max().item(), scale)
+                    continue
+                least, most = torch.aminmax(residual, dim=0)
+                total_rows = residual.sum(dim=0, dtype=torch.float64)
+                if key in self.seen:
+                    was_sum, was_least, was_most, was_scale = self.seen[key]
+                    total_rows += was_sum
+                    least, most, scale = torch.minimum(least, was_least), torch.maximum(most, was_most), \
+                        max(scale, was_scale)
+                self.seen[key] = (total_rows, least, most, scale)
+        self.rows += len(next(iter(outputs.values())))
+
+    def offsets(self, rtol: float) -> dict[tuple[str, str], torch.Tensor]:
+        """Each slot's mean residual, refused unless constant."""
+        offsets = {}
+        for (site, slot), seen in self.seen.items():
+            if self.whole:
+                offset, spread, scale = seen
+            else:
+                total, least, most, scale = seen
+                offset = (total / self.rows).to(least.dtype)
+                spread = max((most - offset).max().item(), (offset - least).max().item())
+            scale = scale + 1e-6
+            if spread > rtol * scale * 10 + 1e-5:
+                raise ModelError(
+                    f"site {site!r} slot {slot!r}: its input is not the sum of its parents' "
+                    f"outputs plus a constant (deviation {spread:.3g} vs scale {scale:.3g}). "
+                    f"Declare the missing parent sites, or split the site so each slot reads a sum."
+                )
+            offsets[(site, slot)] = offset
+        return offsets
+
+
+class _ShortcutChecks:
+    """Which shortcut each site may use: the first option that gives ``_run``'s output on every check block
+    (clean slots; slots from other examples; shuffled contexts where sites read the raw input), decided chunk
+    by chunk of the calibration rows as if every row were checked at once.
+
+    A site's options are tried in order: those in a group by rank (each group checked for all its sites in
+    one call, the blocks' rows concatenated), then the others one by one. Per site the current option's
+    largest deviation and scale per block are kept; it is decided on the last chunk. An option whose call
+    raises or gives the wrong shape fails at once and the next is tried on the same chunk; one taken up
+    after the first chunk (or after the last) is ``pending``: checked again on every chunk, in another sweep."""
+
+    def __init__(self, adapter: ModelAdapter, rtol: float, last: int):
+        self.adapter, self.rtol, self.last = adapter, rtol, last
+        self.groups = adapter._shortcut_groups() if adapter._batched else []
+        grouped: dict[str, list[tuple[int, int]]] = {}
+        for index, (_, members) in enumerate(self.groups):
+            for name, k in members.items():
+                grouped.setdefault(name, []).append((k, index))
+        self.options: dict[str, list[tuple]] = {}
+        for site in adapter.sites.values():
+            if site.is_source:
+                continue
+            ranks = sorted(grouped.get(site.name, []))
+            taken = {k for k, _ in ranks}
+            alone = [k for k in range(len(adapter._shortcuts(site.name))) if k not in taken]
+            self.options[site.name] = [("group", k, g) for k, g in ranks] + [("alone", k) for k in alone]
+        self.at = {name: 0 for name in self.options}
+        self.since = {name: 0 for name in self.options}
+        self.deferred: set[str] = set()
+        self.seen: dict[str, dict] = {name: {} for name in self.options}
+        self.verified: dict[str, Callable] = {}
+        self.depth = max((k for _, members in self.groups for k in members.values()), default=-1)
+
+    def current(self, name: str):
+        if name in self.deferred or self.at[name] >= len(self.options[name]):
+            return None
+        return self.options[name][self.at[name]]
+
+    def run(self, blocks, index: int) -> None:
+        """Check every site's current option on these blocks (chunk ``index``)."""
+        adapter = self.adapter
+        context = None
+        bounds = _bounds([block[2] for block in blocks])
+        for k in range(self.depth + 1):
+            for g, (call, members) in enumerate(self.groups):
+                names = [name for name in members if name in self.options and self.current(name) == ("group", k, g)]
+                if not names:
+                    continue
+                if context is None:
+                    context = torch.cat([block[2] for block in blocks])
+                given = _Joined([block[1] for block in blocks],
+                                [(name, slot) for name in names for slot in adapter.sites[name].slots])
+                got = adapter._group_matches(call, given, context, names)
+                for name in names:
+                    self._record(name, index, None if got is None else
+                                 [(block[0], got[name][a:b], block[3][name]) for block, (a, b) in zip(blocks, bounds)])
+        for name in self.options:
+            while (option := self.current(name)) is not None and option[0] == "alone":
+                fn = adapter._shortcuts(name)[option[1]]
+                final = index == self.last and self.since[name] == 0
+                pieces = []
+                for label, given, context, expected in blocks:
+                    got = adapter._alone(fn, name, {slot: given[(name, slot)] for slot in adapter.sites[name].slots},
+                                         context)
+                    if got is None:
+                        pieces = None
+                        break
+                    pieces.append((label, got, expected[name]))
+                    if final and not _close(got, expected[name], self.rtol):
+                        break  # decided: it fails
+                self._record(name, index, pieces)
+                if self.current(name) == option:
+                    break
+
+    def _record(self, name: str, index: int, pieces) -> None:
+        if pieces is None or any(got.shape != expected.shape for _, got, expected in pieces):
+            return self._advance(name, index)
+        seen = self.seen[name]
+        for label, got, expected in pieces:
+            dev, scale = (got - expected).abs().max().item(), expected.abs().max().item()
+            was = seen.get(label, (dev, scale))
+            seen[label] = (max(dev, was[0]), max(scale, was[1]))
+        if index != self.last or self.since[name] > 0:
+            return None
+        if all(dev <= self.rtol * (scale + 1e-6) + 1e-5 for dev, scale in seen.values()):
+            self.verified[name] = self.adapter._shortcuts(name)[self.options[name][self.at[name]][1]]
+            self.at[name] = len(self.options[name])
+        else:
+            self._advance(name, index)
+        return None
+
+    def _advance(self, name: str, index: int) -> None:
+        self.at[name] += 1
+        self.seen[name] = {}
+        self.since[name] = index
+        if index == self.last and index > 0:
+            self.deferred.add(name)  # no rows of this sweep left to check it on
+
+    def pending(self) -> bool:
+        """Whether another sweep is needed; if so, its sites start over from the first chunk."""
+        todo = [name for name in self.options if self.at[name] < len(self.options[name])
+                and (name in self.deferred or self.since[name] > 0)]
+        for name in todo:
+            self.since[name], self.seen[name] = 0, {}
+        self.deferred.clear()
+        return bool(todo)
 
 
 class _Joined(Mapping):

@@ -135,6 +135,21 @@ class HookedAdapter(ModelAdapter):
     def _positions(self, outputs):
         return outputs[self.output].shape[1] if self._positional else None
 
+    def _row_bytes(self, inputs):
+        """About the bytes one row's clean readings take (calibration sizes its chunks by it): each output and
+        slot read is ``d_model`` wide per position (attention hooks per head), the logits ``d_vocab``; None for
+        a model without a TransformerLens-style ``cfg``."""
+        cfg = getattr(self.model, "cfg", None)
+        d_model = getattr(cfg, "d_model", None)
+        if not d_model:
+            return None
+        d_vocab = getattr(cfg, "d_vocab_out", -1) or -1
+        d_vocab = d_vocab if d_vocab > 0 else getattr(cfg, "d_vocab", d_model)
+        reads = sum((spec.output is not None) + len(spec.slots) for spec in self.spec.values())
+        size = next((p.element_size() for p in self.model.parameters()), 4)
+        positions = inputs.shape[1] if inputs.dim() > 1 else 1
+        return positions * size * (reads * d_model + d_vocab)
+
     def _calibration_pass(self, inputs):
         """The clean pass with slots, also recording the order in which the output hooks fire."""
         trace: list[str] = []
