@@ -3,8 +3,8 @@
 Every value in a treeified run is a *row* of some site's output bank: either the clean output on an example
 (ids ``0..N-1``, read from a cache) or a recomputation (ids ``N..``). Per hypothesis node, over all its tree
 paths at once:
-- its instances are deduplicated by whole-example identity (context, draw r, the row of each parent node;
-  a per-position parent's row is first assembled into one row, position t from instance t);
+- its instances are deduplicated by whole-example identity (context where anything reads it, draw r, the row
+  of each parent node; a per-position parent's row is first assembled into one row, position t from instance t);
 - each recipe term on an instance is the clean row where everything it reads is clean on one example (which
   is why the identity hypothesis gives exactly zero gap), else one fresh row;
 - a slot's input is the sum of its parent sites' values plus a constant. Where a site's parents extend an
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ModelError, ScrubError
-from .plan import FromDraw, FromParent, Plan, Recompute
+from .plan import FromDraw, FromOwn, FromParent, Plan, Recompute
 from .sites import Dataset, ModelAdapter
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of recomputed rows held at once: fits a laptop
@@ -307,7 +307,9 @@ class _Compiler:
         contexts = torch.cat([plan.instances[p].examples.reshape(-1) for p in paths])
         draws = torch.cat([plan.instances[p].draws.reshape(-1) for p in paths])
         parent_rows = {q: torch.cat([self._parent_rows(p, q, rows) for p in paths]) for q in parents}
-        columns = ([contexts] if self.adapter.uses_context else []) + [draws] + [parent_rows[q] for q in parents]
+        own = self.adapter.uses_context or any(
+            isinstance(sub, FromOwn) for term in _terms(recipe) for _, entries in term.slots for _, sub in entries)
+        columns = ([contexts] if own else []) + [draws] + [parent_rows[q] for q in parents]
         unique, inverse = torch.unique(torch.stack(columns, dim=1), dim=0, return_inverse=True)
         first = torch.full((len(unique),), len(inverse), dtype=torch.long).scatter_reduce(
             0, inverse, torch.arange(len(inverse)), reduce="amin")
@@ -339,25 +341,29 @@ class _Compiler:
 
     def _terms(self, node: _Node, recipe: Recompute) -> torch.Tensor:
         """Row ids of every term of the recipe on the node's instances; returns the recipe's own."""
-        closure: dict[int, tuple[frozenset, bool]] = {}
-        clean_of: dict[tuple[frozenset, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        closure: dict[int, tuple[frozenset, bool, bool]] = {}
+        clean_of: dict[tuple[frozenset, bool, bool], tuple[torch.Tensor, torch.Tensor]] = {}
         sums: dict[tuple, _Sum] = {}
         for term in _terms(recipe):  # children first
             slots = list(term.slots)
-            found, draw = set(), False
+            found, draw, own = set(), False, False
             for _, entries in slots:
                 for _, sub in entries:
                     if isinstance(sub, FromParent):
                         found.add(sub.node)
                     elif isinstance(sub, FromDraw):
                         draw = True
+                    elif isinstance(sub, FromOwn):
+                        own = True
                     else:
                         found |= closure[id(sub)][0]
                         draw = draw or closure[id(sub)][1]
-            key = (frozenset(found), draw)
+                        own = own or closure[id(sub)][2]
+            key = (frozenset(found), draw, own)
             closure[id(term)] = key
             if key not in clean_of:  # clean where everything it reads is clean on one example
-                cols = [node.parents[q] for q in sorted(found)] + ([node.draws] if draw else [])
+                cols = ([node.parents[q] for q in sorted(found)] + ([node.draws] if draw else [])
+                        + ([node.contexts] if own else []))
                 base = node.contexts if self.adapter.uses_context else cols[0]
                 clean = (torch.stack(cols) == base).all(dim=0) & (base < self.n)
                 clean_of[key] = (clean, base)
@@ -388,6 +394,8 @@ class _Compiler:
                         ids = node.parents[sub.node]
                     elif isinstance(sub, FromDraw):
                         ids = node.draws
+                    elif isinstance(sub, FromOwn):
+                        ids = node.contexts
                     else:
                         ids = node.rows[id(sub)]
                     extras.append((parent, ids))

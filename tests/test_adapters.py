@@ -283,3 +283,65 @@ def test_a_shortcut_wrong_only_on_later_rows_is_refused():
     for site in adapter.shortcuts:  # every kept shortcut reproduces the full pass on every row
         given = {slot: slots[(site, slot)] for slot in adapter.sites[site].slots}
         torch.testing.assert_close(adapter.run(site, given, inputs), outputs[site], atol=1e-4, rtol=1e-4)
+
+
+class _InPlaceNorm(nn.Module):
+    """A norm that scales its input in place first (legal: every pass hands it a fresh tensor). It fails on a
+    head input that is a broadcast view (one slot written to every head at once), and works on a real one."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        return self.norm(x.mul_(1.0))
+
+
+def test_the_shortcut_the_engine_runs_is_the_one_calibration_checked():
+    """Calibration checks a block's shortcuts together; the engine runs them one site at a time. Both must be
+    the same call (``_from_layer`` is ``_from_block`` for one site), so that a model on which one way of
+    writing the slots fails cannot pass calibration and then fail, or differ, in the engine."""
+    model = tiny_transformer(seed=6)
+    for block in model.blocks:
+        block.ln1 = _InPlaceNorm(block.ln1)
+    data = random_tokens(40, 4, 5)
+    adapter = HookedAdapter.for_transformer(model, 2, 2)
+    adapter.calibrate(data.inputs[:32])
+    assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}
+    outputs, slots = adapter._clean(data.inputs, True)
+    for site in adapter.shortcuts:  # the engine's call on one site gives the clean output
+        given = {slot: slots[(site, slot)] for slot in adapter.sites[site].slots}
+        torch.testing.assert_close(adapter.run(site, given, data.inputs), outputs[site], atol=1e-5, rtol=1e-5)
+    engine, reference = engine_and_reference(_every_site_tree(), adapter, data, torch.arange(6), seed=6)
+    torch.testing.assert_close(engine, reference, atol=1e-4, rtol=1e-4)
+
+
+class _Keeps(_Small):
+    """Keeps its last linear output and zeroes it at the start of the next pass (a cache reused in place):
+    readings of an earlier pass change under calibration's later ones."""
+
+    last = None
+
+    def forward(self, tokens):
+        if self.last is not None:
+            self.last.mul_(0.0)
+        e = self.hook_embed(self.embed(tokens))
+        h = self.hook_lin(self.lin(self.hook_lin_in(e.clone())))
+        self.last = h
+        return self.out(self.hook_out_in(e + h))
+
+
+def test_readings_a_model_later_writes_into_are_copied():
+    """Calibration holds the clean readings as the model's own tensors; one the model writes into during a later
+    pass is noticed (version counters) and calibration redone on copies, deciding what an honest model gets."""
+    torch.manual_seed(0)
+    honest = _Small().eval()
+    keeps = _Keeps().eval()
+    keeps.load_state_dict(honest.state_dict())
+    data = _small_data()
+    expected = HookedAdapter(honest, SMALL_SITES).calibrate(data)
+    got = HookedAdapter(keeps, SMALL_SITES).calibrate(data)
+    assert got.early_stops == expected.early_stops == {"embed", "lin", "output"}
+    assert got.uses_context == expected.uses_context
+    for key, offset in expected.offsets.items():
+        torch.testing.assert_close(got.offsets[key], offset)

@@ -162,6 +162,12 @@ def _vias(draw, sites, parent: str, child: str, claimed: set[str]):
     return draw(st.sampled_from(options)) if options else None
 
 
+def _unclaimed(draw, slots):
+    """A node's setting for its unclaimed inputs: the hypothesis's, one for the node, or one per slot (some slots)."""
+    choice = st.sampled_from(["draw", "reference"])
+    return draw(st.one_of(st.none(), choice, st.dictionaries(st.sampled_from(list(slots)), choice))) if slots else None
+
+
 @st.composite
 def hypotheses(draw, adapter):
     """A random hypothesis over the adapter's sites: nodes in site order, edges from earlier nodes upstream."""
@@ -170,7 +176,7 @@ def hypotheses(draw, adapter):
     chosen = sorted(draw(st.sets(st.sampled_from(names), max_size=min(4, len(names)))), key=names.index)
     claimed = set(chosen) | {adapter.output}
     positions = adapter.n_positions is not None
-    h = Hypothesis("random", allow_singletons=True)
+    h = Hypothesis("random", allow_singletons=True, unclaimed=draw(st.sampled_from(["draw", "reference"])))
     has_child: set[str] = set()
     for i, site in enumerate(chosen):
         parents = []
@@ -182,12 +188,18 @@ def hypotheses(draw, adapter):
                 continue
             slots = sites[site].slots
             into = draw(st.sampled_from([None, *[(s,) for s in slots], *([tuple(slots[:2])] if len(slots) > 2 else [])]))
-            parents.append(Edge(earlier, into=into, via=via))
+            kinds = st.integers(0, 3) if positions else st.sampled_from([0, 1, 3])  # no per-position classes
+            # sometimes the edge's own feature: the parent's value on this edge is drawn by it instead
+            feature = _feature(draw(kinds), draw(st.integers(2, 3)), draw(st.integers(0, 1))) if draw(st.booleans()) \
+                else None
+            parents.append(Edge(earlier, into=into, via=via, feature=feature))
             has_child.add(earlier)
         kind = draw(st.integers(0, 3)) if positions else draw(st.sampled_from([0, 1, 3]))  # no per-position classes
-        h.node(site, site, _feature(kind, draw(st.integers(2, 3)), draw(st.integers(0, 1))), parents=parents)
+        h.node(site, site, _feature(kind, draw(st.integers(2, 3)), draw(st.integers(0, 1))), parents=parents,
+               unclaimed=_unclaimed(draw, sites[site].slots))
     outputs = [n for n in chosen if n not in has_child or draw(st.integers(0, 3)) == 0]
-    h.output(parents=[Edge(n, via=_vias(draw, sites, n, adapter.output, claimed)) for n in outputs])
+    h.output(parents=[Edge(n, via=_vias(draw, sites, n, adapter.output, claimed)) for n in outputs],
+             unclaimed=_unclaimed(draw, sites[adapter.output].slots))
     return h
 
 

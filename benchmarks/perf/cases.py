@@ -22,6 +22,7 @@ from scrubbing.adapters import HookedAdapter
 from scrubbing.models import TinyConfig, TinyTransformer
 from scrubbing.plan import Plan, make_plan
 from scrubbing.sampling import RandomSampler, class_tables
+from scrubbing.sites import calibration_rows
 from scrubbing.sites import Dataset
 from scrubbing.task import Task
 
@@ -51,8 +52,8 @@ def calibrated(task: Task) -> Task:
     model = getattr(adapter, "model", None)
     if model is not None:
         model.eval()
-    if getattr(adapter, "_offsets", None) is None:
-        adapter.calibrate(task.data.inputs[: min(len(task.data), 256)])
+    if getattr(adapter, "calibration", None) is None:
+        adapter.calibrate(task.data.inputs[: calibration_rows(len(task.data))])
     return task
 
 
