@@ -416,3 +416,19 @@ def test_chunked_execution_equals_one_chunk(small):
     whole = Engine(adapter, data, chunk_refs=1000).outputs(plan)
     chunked = Engine(adapter, data, chunk_refs=4, batch_size=3).outputs(plan)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_memory_budget_splits_references_into_chunks_with_the_same_outputs(small):
+    """A budget too small for every reference's recomputed rows at once makes smaller chunks, same numbers."""
+    model, data, adapter = small
+    h = Hypothesis("budget", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs % 2)
+    h.node("head", "a0.1", lambda d: d.inputs[:, 1] % 2, parents=["tok"])
+    h.node("reader", "a1.0", lambda d: d.inputs % 2, parents=[Edge("head", into="k"), Edge("tok", into="v")])
+    h.output(parents=["reader"])
+    plan = bound_and_plan(h, adapter, data, torch.arange(20), seed=3)[1]
+    whole = Engine(adapter, data)
+    expected = whole.outputs(plan)
+    small_budget = Engine(adapter, data, memory_budget=4096)
+    torch.testing.assert_close(small_budget.outputs(plan), expected, atol=1e-5, rtol=1e-5)
+    assert whole.stats["chunks"] == 1 < small_budget.stats["chunks"]

@@ -75,22 +75,27 @@ def _work(n_layers: int) -> dict[str, int]:
     engine = Engine(adapter, data)
     engine.outputs(plan)
     return {"terms_built": built["n"], "term_walks": _CountedSlots.walks,
-            "requested_rows": engine.stats["requested_rows"], "sites": len(adapter.sites)}
+            "requested_rows": engine.stats["requested_rows"], "gathered_rows": engine.stats["gathered_rows"],
+            "computed_rows": engine.stats["computed_rows"], "model_calls": engine.stats["model_calls"],
+            "sites": len(adapter.sites)}
 
 
 def test_plan_and_recipe_work_grow_linearly_with_layers():
     """Count the work (Recompute terms the plan builds, walks over a term's slots by anything in the engine,
-    rows requested), not the time: the work each added site brings stays flat from 2 to 12 layers. A tree
+    rows requested, rows gathered into slot sums, rows computed, model calls), not the time: the work each added site brings stays flat from 2 to 12 layers. A tree
     walk of the recipes (the paths through a residual stream) doubles with every layer."""
     work = {n: _work(n) for n in (2, 4, 8, 12)}
-    for key in ("terms_built", "term_walks", "requested_rows"):
+    for key in ("terms_built", "term_walks", "requested_rows", "gathered_rows", "computed_rows", "model_calls"):
         # the work each added site brings: constant (linear growth), where a tree walk's would double per layer
         slope = {(a, b): (work[b][key] - work[a][key]) / (work[b]["sites"] - work[a]["sites"])
                  for a, b in ((2, 4), (4, 8), (8, 12))}
         assert slope[(8, 12)] <= 1.25 * slope[(4, 8)] and slope[(4, 8)] <= 1.25 * slope[(2, 4)], (key, slope, work)
         # a site is recomputed at most once per set of active edges (here 3: first, tok, both), per reference;
         # each term is walked a few times (parents, compile), never once per path through it
-        per = {"terms_built": 1, "term_walks": 3, "requested_rows": REFS}[key]
+        # a slot sum reuses the sum of the site before it, so each site's rows are gathered a few times per
+        # reference, not once per later site reading them; one model call per recomputed site
+        per = {"terms_built": 1, "term_walks": 3, "requested_rows": REFS, "gathered_rows": 2 * REFS,
+               "computed_rows": REFS, "model_calls": 1}[key]
         assert work[12][key] <= 3 * work[12]["sites"] * per, (key, work)
 
 
