@@ -19,6 +19,8 @@ clean value on it is read, and a recomputation runs through the adapter's verifi
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .errors import ModelError, ScrubError
@@ -48,6 +50,8 @@ class Engine:
         self.memory_budget = memory_budget
         self.stats = {"clean_rows": 0, "computed_rows": 0, "requested_rows": 0, "gathered_rows": 0,
                       "model_calls": 0, "chunks": 0}
+        # wall-clock seconds of the two kinds of model work, for profiles (benchmarks/perf/run.py)
+        self.seconds: dict = {"clean_bank": 0.0, "sites": {}}
         self._row_bytes: dict[str, int] | None = None
         self._levels: dict[str, list[int]] | None = None
 
@@ -146,6 +150,7 @@ class Engine:
         ``size[site]`` rows, the recomputations after the clean rows, so nothing is copied twice."""
         bank: dict[str, torch.Tensor] = {}
         names = list(self.adapter.sites)
+        start_s = time.perf_counter()
         for level in torch.unique(depth).tolist():
             rows = torch.nonzero(depth == level)[:, 0]
             for start in range(0, len(rows), self.batch_size):
@@ -154,6 +159,7 @@ class Engine:
                 for name, value in self.adapter.clean(inputs, upto=names[level]).items():
                     if name in read:
                         _write(bank, size, name, batch.to(value.device), value)
+        self.seconds["clean_bank"] += time.perf_counter() - start_s
         return bank
 
     def _compute(self, site: str, requests: list["_Request"], dest: torch.Tensor, bank, locate,
@@ -161,6 +167,7 @@ class Engine:
         """Run ``site`` on every request's fresh rows (slot inputs from their partial sums), in batches,
         into its bank at ``dest``."""
         adapter = self.adapter
+        start_s = time.perf_counter()
         slot_inputs: dict[str, list[torch.Tensor]] = {slot: [] for slot in adapter.sites[site].slots}
         contexts = []
         for request in requests:
@@ -179,6 +186,9 @@ class Engine:
             self.stats["model_calls"] += 1
             _write(bank, size, site, dest[start:stop].to(value.device), value)
         self.stats["computed_rows"] += len(dest)
+        entry = self.seconds["sites"].setdefault(site, {"rows": 0, "seconds": 0.0})
+        entry["rows"] += len(dest)
+        entry["seconds"] += time.perf_counter() - start_s
 
     def _sum_value(self, total: "_Sum", bank, locate) -> torch.Tensor:
         """The partial sum's value on every instance of its node, its missing predecessors first."""

@@ -155,6 +155,11 @@ class ModelAdapter:
         self._require(outputs, names if upto is None else names[: names.index(upto) + 1])
         return outputs
 
+    def clean_slots(self, inputs: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
+        """Every slot's clean input on a batch, keyed (site, slot): what a recomputation from clean parents gets."""
+        _, slots = self._guarded(self._clean, inputs, True, None)
+        return slots
+
     def _require(self, outputs: dict, names: list[str]) -> None:
         missing = [name for name in names if name not in outputs]
         if missing:
@@ -191,7 +196,7 @@ class ModelAdapter:
 
         Every row given is used (``calibration_rows`` sizes them to the references). Memory: the clean readings
         (every site's output and slot) are held for one chunk of rows at a time, as many as ``memory_budget``
-        bytes hold (``_row_bytes``; at least the check rows; None: every row at once); what the checks keep
+        bytes hold (``row_bytes``; at least the check rows; None: every row at once); what the checks keep
         across chunks is per-slot and per-site running sums and maxima, so peak memory follows the budget,
         not the number of rows. The decisions are those of holding every row at once (same rows, same
         tolerances). Cost, for an adapter that patches every site in one pass (``_run_all``) and checks
@@ -238,7 +243,7 @@ class ModelAdapter:
     def _calibrate(self, inputs, rtol, budget) -> Calibration:
         n = len(inputs)
         m = self._check_rows(n) if n >= 2 else 0
-        size = self._chunk_size(inputs, budget, m) if self._batched else max(n, 1)
+        size = self.calibration_chunk_rows(inputs, budget, m) if self._batched else max(n, 1)
         chunks = [(a, min(a + size, n)) for a in range(0, n, size)] or [(0, 0)]
         whole = len(chunks) == 1
         sums = _OffsetSums(whole)
@@ -316,16 +321,16 @@ class ModelAdapter:
         e = self.EARLY_STOP_ROWS
         return self._verify_early_stops(inputs[:e], {k: v[:e] for k, v in outputs.items()}, trace, rtol)
 
-    def _chunk_size(self, inputs, budget: int | None, m: int) -> int:
+    def calibration_chunk_rows(self, inputs, budget: int | None, m: int) -> int:
         """Rows per chunk: as many as ``budget`` bytes of readings hold, at least the check rows (the first
         chunk holds them) and one; every row where the adapter cannot say what a row's readings take."""
         n = max(len(inputs), 1)
-        per_row = self._row_bytes(inputs) if budget is not None else None
+        per_row = self.row_bytes(inputs) if budget is not None else None
         if not per_row:
             return n
         return max(m, 1, min(n, budget // per_row))
 
-    def _row_bytes(self, inputs) -> int | None:
+    def row_bytes(self, inputs) -> int | None:
         """About the bytes one row's clean readings (every site's output and slot) take; None where unknown
         (calibration then holds every row at once). Adapters of large models override it."""
         return None
@@ -368,7 +373,7 @@ class ModelAdapter:
         got = self._all_runs(_Joined(halves, keys), torch.cat([context, context]))
         split = [{name: value[a:b] for name, value in got.items()} for a, b in ((0, m), (m, 2 * m))]
         for name in names:  # its clean slots, the others' mixed, another example's raw input
-            if not _close(split[1 if even[name] else 0][name], outputs[name][:m], rtol):
+            if not close_enough(split[1 if even[name] else 0][name], outputs[name][:m], rtol):
                 return None
         blocks = [("clean", slots, inputs, outputs)] + [(f"mixed {i}", half, context, split[i])
                                                         for i, half in enumerate(halves)]
@@ -459,7 +464,7 @@ class ModelAdapter:
             except Exception:  # noqa: BLE001 - a stop that fails is simply not used
                 self.restore()
                 continue
-            if all(n in part and _close(part[n], full[n], rtol) for n in names[: i + 1]):
+            if all(n in part and close_enough(part[n], full[n], rtol) for n in names[: i + 1]):
                 safe.add(name)
         return frozenset(safe)
 
@@ -634,7 +639,7 @@ class _ShortcutChecks:
                         pieces = None
                         break
                     pieces.append((label, got, expected[name]))
-                    if final and not _close(got, expected[name], self.rtol):
+                    if final and not close_enough(got, expected[name], self.rtol):
                         break  # decided: it fails
                 self._record(name, index, pieces)
                 if self.current(name) == option:
@@ -733,7 +738,7 @@ def _parent_sum(parents: tuple[str, ...], outputs, sums: dict):
     return total
 
 
-def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
+def close_enough(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
     if got.shape != expected.shape:
         return False
     scale = expected.abs().max().item() + 1e-6

@@ -366,7 +366,7 @@ def test_calibration_in_chunks_decides_what_calibration_on_every_row_decides(row
     whole = whole_adapter.calibrate(inputs)
     assert whole.calls == {"clean": 2, "run_all": 1, "group": 3}  # one chunk: the calls calibration always made
     chunked_adapter = HookedAdapter.for_transformer(model, 2, 2)
-    budget = rows_per_chunk * chunked_adapter._row_bytes(inputs)
+    budget = rows_per_chunk * chunked_adapter.row_bytes(inputs)
     chunked = chunked_adapter.calibrate(inputs, memory_budget=budget)
     n_chunks = -(-64 // rows_per_chunk)
     assert chunked.calls == {"clean": n_chunks + 1, "run_all": 1, "group": 3 * n_chunks}
@@ -404,7 +404,7 @@ def test_a_chunked_calibration_refuses_a_shortcut_wrong_on_one_late_row():
     model.bad = keys[60].item()
     for budget_rows in (None, 8):
         adapter = HookedAdapter.for_transformer(model, 2, 2)
-        budget = None if budget_rows is None else budget_rows * adapter._row_bytes(inputs)
+        budget = None if budget_rows is None else budget_rows * adapter.row_bytes(inputs)
         calibration = adapter.calibrate(inputs, memory_budget=budget)
         # in 8 chunks: the first option fails by its values on the last chunk, so the second is checked in
         # a second sweep over every chunk (8 more clean passes of 8 rows)
@@ -427,7 +427,7 @@ def test_a_chunked_calibration_refuses_a_slot_that_is_no_sum_with_the_same_figur
     messages = []
     for budget_rows in (None, 8):
         adapter = HookedAdapter(model, sites)
-        budget = None if budget_rows is None else budget_rows * adapter._row_bytes(inputs)
+        budget = None if budget_rows is None else budget_rows * adapter.row_bytes(inputs)
         with pytest.raises(ModelError, match="not the sum of its parents") as raised:
             adapter.calibrate(inputs, memory_budget=budget)
         messages.append(str(raised.value))

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from benchmarks.perf.realsize import _vm_hwm_mb, boot, tokens
+from benchmarks.perf.realsize import peak_rss_mb, boot, tokens
 from scrubbing.adapters import HookedAdapter
 from scrubbing.sites import CALIBRATION_MEMORY_BUDGET, calibration_rows
 
@@ -34,21 +34,21 @@ def measure(bridge, data, n_refs: int, budget: int | None) -> dict:
         start = time.perf_counter()
         bridge(refs)
         clean_s = time.perf_counter() - start
-    before = _vm_hwm_mb()
+    before = peak_rss_mb()
     rows = calibration_rows(len(data), n_refs)
     start = time.perf_counter()
     calibration = adapter.calibrate(data.inputs[:rows], memory_budget=budget)
     calibrate_s = time.perf_counter() - start
-    per_row = adapter._row_bytes(data.inputs[:rows])
+    per_row = adapter.row_bytes(data.inputs[:rows])
     return {"n_refs": n_refs, "calibration_rows": rows, "check_rows": calibration.check_rows,
             "budget_mb": None if budget is None else round(budget / 2**20),
-            "rows_per_chunk": adapter._chunk_size(data.inputs[:rows], budget, calibration.check_rows),
+            "rows_per_chunk": adapter.calibration_chunk_rows(data.inputs[:rows], budget, calibration.check_rows),
             "readings_mb_per_row": round(per_row / 2**20, 2) if per_row else None,
             "clean_pass_s": round(clean_s, 3), "calibrate_s": round(calibrate_s, 3),
             "calibration_over_clean": round(calibrate_s / clean_s, 2), "calls": calibration.calls,
             "rows_run": calibration.rows_run, "shortcuts": len(calibration.shortcuts),
             "sites": len(adapter.sites), "uses_context": calibration.uses_context,
-            "peak_rss_mb_before_calibration": round(before), "peak_rss_mb": round(_vm_hwm_mb())}
+            "peak_rss_mb_before_calibration": round(before), "peak_rss_mb": round(peak_rss_mb())}
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from functools import partial
 import torch
 
 from ..errors import ModelError
-from ..sites import ModelAdapter, Site, _close
+from ..sites import ModelAdapter, Site, close_enough
 
 
 class _Captured(Exception):
@@ -135,7 +135,7 @@ class HookedAdapter(ModelAdapter):
     def _positions(self, outputs):
         return outputs[self.output].shape[1] if self._positional else None
 
-    def _row_bytes(self, inputs):
+    def row_bytes(self, inputs):
         """About the bytes one row's clean readings take (calibration sizes its chunks by it): each output and
         slot read is ``d_model`` wide per position (attention hooks per head), the logits ``d_vocab``; None for
         a model without a TransformerLens-style ``cfg``."""
@@ -329,7 +329,7 @@ class HookedAdapter(ModelAdapter):
         if deepest:
             part, _ = self._counted("clean", len(inputs), self._guarded, self._clean, inputs, False, deepest[-1])
             upto = names[: names.index(deepest[-1]) + 1]
-            if not all(n in part and _close(part[n], full[n], rtol) for n in upto):
+            if not all(n in part and close_enough(part[n], full[n], rtol) for n in upto):
                 return super()._verify_early_stops(inputs, full, trace, rtol)
         return frozenset(safe)
 
