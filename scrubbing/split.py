@@ -282,9 +282,7 @@ class SplitSites(ModelAdapter):
     def _rename(self, outputs: dict, slots: dict) -> tuple[dict, dict]:
         split = self.split
         if isinstance(split, ResidualStream):
-            total = None
-            for p in self.base.sites[split.before].parents:
-                total = outputs[p] if total is None else total + outputs[p]
+            total = sum(outputs[p] for p in self.base.sites[split.before].parents)
             outputs = {**outputs, split.name: total}
             if slots:
                 slots = {**slots, (split.name, "in"): total}
@@ -336,20 +334,14 @@ class SplitSites(ModelAdapter):
         outputs, slots = self._rename(raw, raw_slots)
         split = self.split
         if isinstance(split, ResidualStream):
-            parts, whole, what = [outputs[split.name]], _sum(raw[p] for p in self.base.sites[split.before].parents), \
-                f"{split.name} and the sites feeding {split.before!r}"
+            parts, whole = [outputs[split.name]], sum(raw[p] for p in self.base.sites[split.before].parents)
+            what = f"{split.name} and the sites feeding {split.before!r}"
         else:
             parts, whole, what = [outputs[p] for p in split.pieces], raw[split.site], f"the pieces of {split.site!r}"
-        error = (_sum(parts) - whole).abs().max().item()
+        error = (sum(parts) - whole).abs().max().item()
         scale = whole.abs().max().item() + 1e-6
         if not error <= 1e-4 * scale + 1e-5:
             raise ModelError(f"{what} do not sum back to its value on the calibration data (off by {error:.3g} at "
                              f"scale {scale:.3g}); check the split's tensors (dtype, shape, device).")
         return outputs, slots, None
 
-
-def _sum(values):
-    total = None
-    for v in values:
-        total = v if total is None else total + v
-    return total
