@@ -1,8 +1,10 @@
 """Causal scrubbing: test a mechanistic hypothesis by resampling what it calls irrelevant.
 
     from scrubbing import Hypothesis, EXACT, Edge, Task, scrub, expect
+    from scrubbing.features import column, token_at, position, constant, joint, feature
 """
 
+from . import features
 from .checks import expect
 from .errors import HypothesisError, LossError, ModelError, ScrubError
 from .hypothesis import EXACT, Edge, Hypothesis
@@ -14,5 +16,5 @@ from . import distributed  # noqa: E402,F401  (imports Ray only when used)
 
 __all__ = [
     "EXACT", "Dataset", "expect", "Edge", "Hypothesis", "HypothesisError", "LossError", "ModelAdapter", "ModelError",
-    "Report", "RunResult", "ScrubError", "Site", "Task", "scrub",
+    "Report", "RunResult", "ScrubError", "Site", "Task", "features", "scrub",
 ]

@@ -175,8 +175,13 @@ class expect:
         return VerdictIs(tuple(allowed), regime)
 
 
-def regimes_needed(expectations) -> list[str]:
+def regimes_needed(expectations, pinned: str | Path | None = None, hypothesis: str | None = None) -> list[str]:
+    """The regimes a check must run: those its expectations judge, and those measured in its pinned run (a pinned
+    figure not measured again fails), in the registry's order; at least ``random``."""
     needed = {r for e in expectations for r in e.regimes}
+    stored = load_baseline(pinned, hypothesis) if pinned is not None and hypothesis is not None else None
+    if stored is not None:
+        needed |= {r for r, figures in stored["regimes"].items() if figures.get("status") == "ok"}
     return [r for r in REGIMES if r in needed] or ["random"]
 
 

@@ -52,10 +52,10 @@ class _SearchWorker:
 
         torch.set_num_threads(1)
         from .execute import Engine
-        from .run import _calibrated
+        from .run import calibrate_once
 
         self.task = task
-        _calibrated(task.adapter, task.data)
+        calibrate_once(task.adapter, task.data)
         self.engine = Engine(task.adapter, task.data, batch_size=batch_size, chunk_refs=chunk_refs)
         self.bound = {}
 

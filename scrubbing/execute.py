@@ -1,135 +1,146 @@
 """Batched, cached execution of a plan.
 
-Every value in a treeified run is a *row* of some site's output bank: either the
-clean output on an example (rows ``0..N-1``, read from a cache) or a recomputation
-(rows ``N..``). A recomputation is identified by its site, its context example and,
-for every slot, the rows of all its parent sites, one per position; identical keys
-are computed once, and a key whose inputs are all clean on its own example *is* that
-clean row (which is why the identity hypothesis gives exactly zero gap). Sites are
-then computed in topological order, each as a few large batched calls.
+Every value in a treeified run is a *row* of some site's output bank: either the clean output on an example
+(ids ``0..N-1``, read from a cache) or a recomputation (ids ``N..``). Per hypothesis node, over all its tree
+paths at once:
+- its instances are deduplicated by whole-example identity (context where anything reads it, draw r, the row
+  of each parent node; a per-position parent's row is first assembled into one row, position t from instance t);
+- each recipe term on an instance is the clean row where everything it reads is clean on one example (which
+  is why the identity hypothesis gives exactly zero gap), else one fresh row;
+- a slot's input is the sum of its parent sites' values plus a constant. Where a site's parents extend an
+  earlier site's (a residual stream), the earlier partial sum is reused, so summing costs about one add per
+  site per set of active edges, not one per parent per slot.
+Sites are computed in topological order, each in a few batched calls over every node's requests. References
+go in chunks sized so that the fresh rows fit ``memory_budget`` bytes.
 
-Only the model work the plan needs is done: the clean pass on an example stops at the
-deepest site whose clean value on it is read, and a recomputation runs through the
-adapter's shortcut for its site (starting at the site's block) where calibration
-verified one.
+Only the model work the plan needs is done: the clean pass on an example stops at the deepest site whose
+clean value on it is read, and a recomputation runs through the adapter's verified shortcut for its site.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from .plan import FromDraw, FromParent, Plan, Recompute
-from .errors import ModelError
+from .errors import ModelError, ScrubError
+from .plan import FromDraw, FromOwn, FromParent, Plan, Recompute
 from .sites import Dataset, ModelAdapter
+
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of recomputed rows held at once: fits a laptop
 
 
 class Engine:
     """Execute plans on one model and dataset.
 
-    ``batch_size`` bounds each model call; ``chunk_refs`` bounds how many references are
-    compiled and executed at once, so peak memory does not grow with the number of
-    references (sharing happens within a chunk).
+    ``batch_size`` bounds each model call; ``chunk_refs`` bounds how many references are compiled and
+    executed at once, and ``memory_budget`` (bytes) lowers that further so the recomputed rows of a chunk
+    fit: peak memory does not grow with the number of references (sharing happens within a chunk).
     """
 
     def __init__(self, adapter: ModelAdapter, data: Dataset, batch_size: int = 1024, chunk_refs: int = 2048,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        if memory_budget < 1:
+            raise ScrubError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}.")
         self.adapter = adapter
         self.data = data
         self.inputs = data.inputs if device is None else data.inputs.to(device)
         self.batch_size = batch_size
         self.chunk_refs = chunk_refs
-        self.stats = {"clean_rows": 0, "computed_rows": 0, "requested_rows": 0}
+        self.memory_budget = memory_budget
+        self.stats = {"clean_rows": 0, "computed_rows": 0, "requested_rows": 0, "gathered_rows": 0,
+                      "model_calls": 0, "chunks": 0}
+        # wall-clock seconds of the two kinds of model work, for profiles (benchmarks/perf/run.py)
+        self.seconds: dict = {"clean_bank": 0.0, "sites": {}}
+        self._row_bytes: dict[str, int] | None = None
+        self._levels: dict[str, list[int]] | None = None
 
     def outputs(self, plan: Plan) -> torch.Tensor:
         """The scrubbed output of every reference, in plan order."""
-        outputs = []
-        for start in range(0, len(plan.refs), self.chunk_refs):
-            chunk = plan.chunk(start, start + self.chunk_refs)
-            compiled = _Compiler(self.adapter, len(self.data), chunk)
-            outputs.append(self._execute(compiled, compiled.compile()).cpu())
+        outputs, start, size = [], 0, self.chunk_refs
+        while start < len(plan.refs):
+            chunk = plan.chunk(start, start + size)
+            compiled = _Compiler(self.adapter, len(self.data), chunk, self.levels())
+            compiled.compile()
+            fit = self._refs_that_fit(compiled, len(chunk.refs))
+            if fit < len(chunk.refs):
+                size = fit
+                continue
+            outputs.append(self._execute(compiled).cpu())
+            start += len(chunk.refs)
         return torch.cat(outputs)
 
+    def levels(self) -> dict[str, list[int]]:
+        """Per site, the parent counts at which its partial slot sum may be taken from an earlier site's:
+        the chain of earlier sites whose parent lists are prefixes of this one's (longest first)."""
+        if self._levels is None:
+            by_parents: dict[tuple[str, ...], str] = {}
+            lengths: set[int] = set()
+            levels: dict[str, list[int]] = {}
+            for name, site in self.adapter.sites.items():
+                parents = tuple(site.parents)
+                pred = next((by_parents[parents[:k]] for k in sorted(lengths, reverse=True)
+                             if 0 < k <= len(parents) and parents[:k] in by_parents), None)
+                chain = list(levels[pred]) if pred is not None else []
+                if not chain or chain[-1] != len(parents):
+                    chain.append(len(parents))
+                levels[name] = chain
+                by_parents.setdefault(parents, name)
+                lengths.add(len(parents))
+            self._levels = levels
+        return self._levels
+
+    def _refs_that_fit(self, compiled: "_Compiler", refs: int) -> int:
+        if not compiled.count or refs <= 1:
+            return refs
+        if self._row_bytes is None:
+            clean = self.adapter.clean(self.inputs[:1])
+            self._row_bytes = {name: value[0].numel() * value.element_size() for name, value in clean.items()}
+        need = sum(count * self._row_bytes.get(site, 0) for site, count in compiled.count.items())
+        if need <= self.memory_budget:
+            return refs
+        return max(1, int(refs * self.memory_budget / need))
+
     # -- execution ---------------------------------------------------------------------
-    def _execute(self, compiled: "_Compiler", output_rows: torch.Tensor) -> torch.Tensor:
-        """Index work first (which clean rows, which distinct recomputations, where each lands in its
-        site's bank), then the model work: clean passes, then each site's recomputations in order."""
+    def _execute(self, compiled: "_Compiler") -> torch.Tensor:
         adapter, n = self.adapter, len(self.data)
-        depth, read = self._clean_depth(compiled, output_rows)
+        depth, read = self._clean_depth(compiled)
         clean_examples = torch.nonzero(depth >= 0)[:, 0]
         where = torch.full((n,), -1, dtype=torch.long)
         where[clean_examples] = torch.arange(len(clean_examples))
-        size = {name: len(clean_examples) if name in read else 0 for name in adapter.sites}
-        moved: dict[str, torch.Tensor] = {}  # provisional id - n -> bank index, per site
+        n_clean = {name: len(clean_examples) if name in read else 0 for name in adapter.sites}
+        size = {name: n_clean[name] + compiled.count.get(name, 0) for name in adapter.sites}
 
         def locate(site: str, ids: torch.Tensor) -> torch.Tensor:
-            out = torch.empty_like(ids)
-            clean = ids < n
-            out[clean] = where[ids[clean]]
-            if (~clean).any():
-                out[~clean] = moved[site][ids[~clean] - n]
-            return out
-
-        work = []
-        base: dict[str, int] = {}  # where each site's `moved` starts in `all_moved`: one lookup for all columns
-        all_moved = torch.empty(0, dtype=torch.long)
-        for name in (site for site in adapter.sites if site in compiled.pending):  # parents before children
-            pending = compiled.pending[name]
-            contexts = torch.cat([ctx for ctx, _ in pending])
-            keys = torch.cat([k for _, k in pending])  # [M, n_terms, Tr]
-            columns = compiled.columns[name]
-            located = torch.empty_like(keys)
-            clean = keys < n
-            located[clean] = where[keys[clean]]
-            if not clean.all():
-                start = torch.tensor([base.get(parent, 0) for _, parent in columns])
-                fresh = ~clean
-                located[fresh] = all_moved[(keys - n + start[None, :, None])[fresh]]
-            flat = located.reshape(len(located), -1)
-            if adapter.uses_context:
-                flat = torch.cat([contexts[:, None], flat], dim=1)
-            unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
-            first = torch.full((len(unique),), len(inverse), dtype=torch.long).scatter_reduce(
-                0, inverse, torch.arange(len(inverse)), reduce="amin")
-            work.append((name, columns, located[first], contexts[first], size[name]))
-            moved[name] = size[name] + inverse
-            base[name] = len(all_moved)
-            all_moved = torch.cat([all_moved, moved[name]])
-            size[name] += len(unique)
-            self.stats["computed_rows"] += len(unique)
-            self.stats["requested_rows"] += len(inverse)
+            return torch.where(ids < n, where[ids.clamp(max=n - 1)], ids - n + n_clean[site])
 
         bank = self._clean_bank(clean_examples, depth[clean_examples], read, size)
         self.stats["clean_rows"] += len(clean_examples)
-        for name, columns, rows, contexts, offset in work:
-            self._compute(name, columns, rows, contexts, bank, offset, size)
+        self.stats["requested_rows"] += compiled.requested
+        self.stats["chunks"] += 1
+        for name in adapter.sites:
+            requests = compiled.requests.get(name)
+            if requests:
+                dest = torch.cat([torch.arange(r.offset, r.offset + len(r.fresh)) for r in requests]) + n_clean[name]
+                self._compute(name, requests, dest, bank, locate, size)
+            for offset, sources in compiled.assemblies.get(name, []):
+                value = _gather(bank[name], locate(name, sources))
+                _write(bank, size, name, slice(n_clean[name] + offset, n_clean[name] + offset + len(sources)), value)
         out_site = adapter.output
-        return bank[out_site][locate(out_site, output_rows).to(bank[out_site].device)]
+        return bank[out_site][locate(out_site, compiled.output_rows).to(bank[out_site].device)]
 
-    def _clean_depth(self, compiled: "_Compiler", output_rows: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
+    def _clean_depth(self, compiled: "_Compiler") -> tuple[torch.Tensor, set[str]]:
         """Per example, the last site (index in ``adapter.sites``) whose clean value on it is read (-1: none);
         and the sites whose clean values are read at all."""
         n, order = len(self.data), {name: i for i, name in enumerate(self.adapter.sites)}
         depth = torch.full((n,), -1, dtype=torch.long)
         read: set[str] = set()
-
-        def need(site: str, ids: torch.Tensor) -> None:
+        for site, ids in compiled.reads:
+            ids = ids.reshape(-1)
             ids = ids[ids < n]
             if len(ids):
                 read.add(site)
                 depth.scatter_reduce_(0, ids, torch.full_like(ids, order[site]), reduce="amax")
-
-        need(self.adapter.output, output_rows)
-        for site, requests in compiled.pending.items():  # every column of a request at once
-            columns = compiled.columns[site]
-            column_order = torch.tensor([order[parent] for _, parent in columns])
-            for _, keys in requests:
-                clean = keys < n
-                if not clean.any():
-                    continue
-                depth.scatter_reduce_(0, keys[clean], column_order[None, :, None].expand_as(keys)[clean],
-                                      reduce="amax")
-                for j in torch.nonzero(clean.any(dim=2).any(dim=0))[:, 0].tolist():
-                    read.add(columns[j][1])
         return depth, read
 
     def _clean_bank(self, examples: torch.Tensor, depth: torch.Tensor, read: set[str],
@@ -139,6 +150,7 @@ class Engine:
         ``size[site]`` rows, the recomputations after the clean rows, so nothing is copied twice."""
         bank: dict[str, torch.Tensor] = {}
         names = list(self.adapter.sites)
+        start_s = time.perf_counter()
         for level in torch.unique(depth).tolist():
             rows = torch.nonzero(depth == level)[:, 0]
             for start in range(0, len(rows), self.batch_size):
@@ -147,21 +159,64 @@ class Engine:
                 for name, value in self.adapter.clean(inputs, upto=names[level]).items():
                     if name in read:
                         _write(bank, size, name, batch.to(value.device), value)
+        self.seconds["clean_bank"] += time.perf_counter() - start_s
         return bank
 
-    def _compute(self, site: str, columns, rows: torch.Tensor, contexts: torch.Tensor, bank, offset: int,
+    def _compute(self, site: str, requests: list["_Request"], dest: torch.Tensor, bank, locate,
                  size: dict[str, int]) -> None:
-        """Run ``site`` on each row of gathered parent values, in batches, into its bank from ``offset``."""
+        """Run ``site`` on every request's fresh rows (slot inputs from their partial sums), in batches,
+        into its bank at ``dest``."""
         adapter = self.adapter
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            slot_inputs = {}
-            for slot in adapter.sites[site].slots:
-                parts = [_gather(bank[parent], chunk[:, j]) for j, (s, parent) in enumerate(columns) if s == slot]
-                slot_inputs[slot] = adapter.slot_input(site, slot, parts)
-            context = contexts[start:start + self.batch_size].to(self.inputs.device)
-            value = adapter.run(site, slot_inputs, self.inputs[context])
-            _write(bank, size, site, slice(offset + start, offset + start + len(chunk)), value)
+        start_s = time.perf_counter()
+        slot_inputs: dict[str, list[torch.Tensor]] = {slot: [] for slot in adapter.sites[site].slots}
+        contexts = []
+        for request in requests:
+            for slot, total in request.sums.items():
+                value = self._sum_value(total, bank, locate)
+                slot_inputs[slot].append(adapter.slot_input(site, slot, [value.index_select(
+                    0, request.fresh.to(value.device))]))
+                _release(total)
+            contexts.append(request.node.contexts[request.fresh])
+        joined = {slot: torch.cat(parts) for slot, parts in slot_inputs.items()}
+        context = torch.cat(contexts)
+        for start in range(0, len(dest), self.batch_size):
+            stop = start + self.batch_size
+            batch = {slot: value[start:stop] for slot, value in joined.items()}
+            value = adapter.run(site, batch, self.inputs[context[start:stop].to(self.inputs.device)])
+            self.stats["model_calls"] += 1
+            _write(bank, size, site, dest[start:stop].to(value.device), value)
+        self.stats["computed_rows"] += len(dest)
+        entry = self.seconds["sites"].setdefault(site, {"rows": 0, "seconds": 0.0})
+        entry["rows"] += len(dest)
+        entry["seconds"] += time.perf_counter() - start_s
+
+    def _sum_value(self, total: "_Sum", bank, locate) -> torch.Tensor:
+        """The partial sum's value on every instance of its node, its missing predecessors first."""
+        chain = []
+        while total is not None and total.value is None:
+            chain.append(total)
+            total = total.pred
+        for node in reversed(chain):
+            value, owned = (None, False) if node.pred is None else (node.pred.value, False)
+            for parent, ids in node.extras:
+                picked = bank[parent].index_select(0, locate(parent, ids).to(bank[parent].device))
+                self.stats["gathered_rows"] += len(ids)
+                if value is None:
+                    value, owned = picked, True
+                elif owned:
+                    value.add_(picked)
+                else:  # the predecessor's value is shared: add into a new tensor
+                    value, owned = value + picked, True
+            node.value = value
+            if node.pred is not None:
+                _release(node.pred)
+        return chain[0].value if chain else total.value
+
+
+def _release(total: "_Sum") -> None:
+    total.uses -= 1
+    if total.uses <= 0:
+        total.value = None
 
 
 def _write(bank: dict[str, torch.Tensor], size: dict[str, int], site: str, where, value: torch.Tensor) -> None:
@@ -172,14 +227,12 @@ def _write(bank: dict[str, torch.Tensor], size: dict[str, int], site: str, where
 
 
 def _gather(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows of a site's bank; ``rows`` is [B, Tr]: one row per position, or one for all (Tr=1).
+    """Assembled rows: ``rows`` is [B, T], position t of row b taken from bank row ``rows[b, t]``.
 
-    Per position, row ``r`` at position ``t`` is entry ``r * T + t`` of the bank seen as a
-    list of position vectors: one ``index_select``, several times faster than 2-D indexing.
+    Row ``r`` at position ``t`` is entry ``r * T + t`` of the bank seen as a list of position vectors:
+    one ``index_select``, several times faster than 2-D indexing.
     """
     rows = rows.to(values.device)
-    if rows.shape[1] == 1:
-        return values.index_select(0, rows[:, 0])
     width = rows.shape[1]
     if values.dim() < 2 or values.shape[1] != width:
         raise ModelError(f"a site's output has shape {tuple(values.shape)}, but the plan has {width} positions; "
@@ -189,75 +242,181 @@ def _gather(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return picked.reshape(*rows.shape, *values.shape[2:])
 
 
+class _Node:
+    """One hypothesis node's distinct instances (over all its tree paths) and its terms' rows on them."""
+
+    def __init__(self, contexts: torch.Tensor, draws: torch.Tensor, parents: dict[str, torch.Tensor]):
+        self.contexts = contexts
+        self.draws = draws
+        self.parents = parents
+        self.rows: dict[int, torch.Tensor] = {}  # id(term) -> row id per instance
+
+
+class _Sum:
+    """A partial slot sum on every instance of a node: its predecessor's plus the parent rows in ``extras``."""
+
+    def __init__(self, pred: "_Sum | None", extras: list[tuple[str, torch.Tensor]]):
+        self.pred = pred
+        self.extras = extras
+        self.uses = 0
+        self.value: torch.Tensor | None = None
+
+
+class _Request:
+    """Fresh rows of one term: which instances of its node, where they land, the sum feeding each slot."""
+
+    def __init__(self, node: _Node, fresh: torch.Tensor, offset: int, sums: dict[str, _Sum]):
+        self.node, self.fresh, self.offset, self.sums = node, fresh, offset, sums
+
+
 class _Compiler:
     """Turn a plan into row requests per site (data only; nothing runs the model here)."""
 
-    def __init__(self, adapter: ModelAdapter, n_examples: int, plan: Plan):
+    def __init__(self, adapter: ModelAdapter, n_examples: int, plan: Plan, levels: dict[str, list[int]]):
         self.adapter = adapter
         self.n = n_examples
         self.plan = plan
-        positional = any(plan.positional.values())
-        self.width = adapter.n_positions if positional else 1
-        self.pending: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        self.count: dict[str, int] = {}
-        self.columns = {
-            name: [(slot, parent) for slot in site.slots for parent in site.parents]
-            for name, site in adapter.sites.items()
-        }
+        self.levels = levels
+        self.count: dict[str, int] = {}  # fresh rows per site
+        self.requests: dict[str, list[_Request]] = {}
+        self.assemblies: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        self.reads: list[tuple[str, torch.Tensor]] = []  # (site, row ids) read from banks: the clean ones matter
+        self.requested = 0
+        self.output_rows = torch.empty(0, dtype=torch.long)
 
-    def compile(self) -> torch.Tensor:
-        rows: dict[tuple[str, ...], torch.Tensor] = {}
+    def _fresh(self, site: str, count: int) -> int:
+        start = self.count.get(site, 0)
+        self.count[site] = start + count
+        return start
+
+    def compile(self) -> None:
         plan = self.plan
-        for path in plan.paths:
-            inst = plan.instances[path]
-            recipe = plan.recipes[path[-1]]
-            if recipe is None:
-                rows[path] = inst.examples[..., None].expand(*inst.examples.shape, self.width)
+        paths: dict[str, list[tuple[str, ...]]] = {}
+        parents: dict[str, set[str]] = {}
+        for path in plan.instances:
+            paths.setdefault(path[-1], []).append(path)
+            parents.setdefault(path[-1], set())
+            if len(path) >= 2:
+                parents[path[-2]].add(path[-1])
+        rows: dict[tuple[str, ...], torch.Tensor] = {}
+        done: set[str] = set()
+        while len(done) < len(paths):  # nodes after their parents
+            for node in sorted(paths):
+                if node not in done and parents[node] <= done:
+                    self._node(node, paths[node], sorted(parents[node]), rows)
+                    done.add(node)
+        self.output_rows = rows[("output",)]
+        self.reads.append((self.adapter.output, self.output_rows))
+
+    def _node(self, name: str, paths, parents: list[str], rows) -> None:
+        plan, recipe = self.plan, self.plan.recipes[name]
+        if recipe is None:  # a leaf: clean on its own sample
+            for path in paths:
+                rows[path] = plan.instances[path].examples
+            return
+        contexts = torch.cat([plan.instances[p].examples.reshape(-1) for p in paths])
+        draws = torch.cat([plan.instances[p].draws.reshape(-1) for p in paths])
+        parent_rows = {q: torch.cat([self._parent_rows(p, q, rows) for p in paths]) for q in parents}
+        own = self.adapter.uses_context or any(
+            isinstance(sub, FromOwn) for term in _terms(recipe) for _, entries in term.slots for _, sub in entries)
+        columns = ([contexts] if own else []) + [draws] + [parent_rows[q] for q in parents]
+        unique, inverse = torch.unique(torch.stack(columns, dim=1), dim=0, return_inverse=True)
+        first = torch.full((len(unique),), len(inverse), dtype=torch.long).scatter_reduce(
+            0, inverse, torch.arange(len(inverse)), reduce="amin")
+        node = _Node(contexts[first], draws[first], {q: parent_rows[q][first] for q in parents})
+        top = self._terms(node, recipe)
+        start = 0
+        for path in paths:
+            shape = plan.instances[path].examples.shape
+            count = plan.instances[path].examples.numel()
+            rows[path] = top[inverse[start:start + count]].reshape(shape)
+            start += count
+
+    def _parent_rows(self, path, parent: str, rows) -> torch.Tensor:
+        """The parent's row for each instance of ``path``; a per-position parent's rows assembled into one."""
+        below = rows[path + (parent,)]
+        if not self.plan.positional[parent]:
+            return below.reshape(-1)
+        flat = below.reshape(-1, below.shape[-1])
+        out = flat[:, 0].clone()
+        mixed = ~(flat == flat[:, :1]).all(dim=1)
+        if mixed.any():
+            site = self.plan.sites[parent]
+            unique, inverse = torch.unique(flat[mixed], dim=0, return_inverse=True)
+            offset = self._fresh(site, len(unique))
+            self.assemblies.setdefault(site, []).append((offset, unique))
+            self.reads.append((site, unique))
+            out[mixed] = self.n + offset + inverse
+        return out
+
+    def _terms(self, node: _Node, recipe: Recompute) -> torch.Tensor:
+        """Row ids of every term of the recipe on the node's instances; returns the recipe's own."""
+        closure: dict[int, tuple[frozenset, bool, bool]] = {}
+        clean_of: dict[tuple[frozenset, bool, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        sums: dict[tuple, _Sum] = {}
+        for term in _terms(recipe):  # children first
+            slots = list(term.slots)
+            found, draw, own = set(), False, False
+            for _, entries in slots:
+                for _, sub in entries:
+                    if isinstance(sub, FromParent):
+                        found.add(sub.node)
+                    elif isinstance(sub, FromDraw):
+                        draw = True
+                    elif isinstance(sub, FromOwn):
+                        own = True
+                    else:
+                        found |= closure[id(sub)][0]
+                        draw = draw or closure[id(sub)][1]
+                        own = own or closure[id(sub)][2]
+            key = (frozenset(found), draw, own)
+            closure[id(term)] = key
+            if key not in clean_of:  # clean where everything it reads is clean on one example
+                cols = ([node.parents[q] for q in sorted(found)] + ([node.draws] if draw else [])
+                        + ([node.contexts] if own else []))
+                base = node.contexts if self.adapter.uses_context else cols[0]
+                clean = (torch.stack(cols) == base).all(dim=0) & (base < self.n)
+                clean_of[key] = (clean, base)
+            clean, base = clean_of[key]
+            ids = base.clone()
+            fresh = torch.nonzero(~clean)[:, 0]
+            self.requested += len(ids)
+            if len(fresh):
+                offset = self._fresh(term.site, len(fresh))
+                ids[fresh] = self.n + offset + torch.arange(len(fresh))
+                request_sums = {slot: self._sum(node, term.site, entries, sums) for slot, entries in slots}
+                self.requests.setdefault(term.site, []).append(_Request(node, fresh, offset, request_sums))
+            node.rows[id(term)] = ids
+        return node.rows[id(recipe)]
+
+    def _sum(self, node: _Node, site: str, entries, sums: dict) -> _Sum:
+        """The interned partial sum over ``entries`` (parent, term) in parent order, built level by level."""
+        total, start = None, 0
+        for stop in self.levels[site]:
+            if stop == start:
                 continue
-            parents = {}
-            for node in _parents_of(recipe):
-                below = rows[path + (node,)]
-                parents[node] = below.diagonal(dim1=-2, dim2=-1) if plan.positional[node] else below
-            rows[path] = self._recipe(recipe, inst.examples, inst.draws, parents, {})
-        return rows[("output",)][:, 0]
-
-    def _recipe(self, recipe: Recompute, contexts, draws, parents, memo) -> torch.Tensor:
-        if id(recipe) in memo:
-            return memo[id(recipe)]
-        shape = (*contexts.shape, self.width)
-        terms = []
-        for _, entries in recipe.slots:
-            for _, term in entries:
-                if isinstance(term, FromParent):
-                    terms.append(parents[term.node])
-                elif isinstance(term, FromDraw):
-                    terms.append(draws[..., None].expand(shape))
-                else:
-                    terms.append(self._recipe(term, contexts, draws, parents, memo))
-        keys = torch.stack(terms, dim=-2)
-        result = self._request(recipe.site, contexts, keys)[..., None].expand(shape)
-        memo[id(recipe)] = result
-        return result
-
-    def _request(self, site: str, contexts: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """Row ids for these computations: a clean row where the inputs are clean, else a new one."""
-        flat_ctx = contexts.reshape(-1)
-        flat = keys.reshape(len(flat_ctx), -1)
-        if self.adapter.uses_context:
-            clean = (flat == flat_ctx[:, None]).all(dim=1)
-        else:
-            clean = (flat == flat[:, :1]).all(dim=1) & (flat[:, 0] < self.n)
-        ids = flat[:, 0].clone()
-        fresh = ~clean
-        count = int(fresh.sum())
-        if count:
-            start = self.count.get(site, 0)
-            ids[fresh] = self.n + start + torch.arange(count)
-            self.count[site] = start + count
-            self.pending.setdefault(site, []).append(
-                (flat_ctx[fresh], keys.reshape(len(flat_ctx), *keys.shape[-2:])[fresh])
-            )
-        return ids.reshape(contexts.shape)
+            part = entries[start:stop]
+            key = (id(total), tuple((p, id(sub) if isinstance(sub, Recompute) else sub) for p, sub in part))
+            if key not in sums:
+                extras = []
+                for parent, sub in part:
+                    if isinstance(sub, FromParent):
+                        ids = node.parents[sub.node]
+                    elif isinstance(sub, FromDraw):
+                        ids = node.draws
+                    elif isinstance(sub, FromOwn):
+                        ids = node.contexts
+                    else:
+                        ids = node.rows[id(sub)]
+                    extras.append((parent, ids))
+                    self.reads.append((parent, ids))
+                made = _Sum(total, extras)
+                if total is not None:
+                    total.uses += 1
+                sums[key] = made
+            total, start = sums[key], stop
+        total.uses += 1
+        return total
 
 
 def _parents_of(recipe: Recompute) -> frozenset[str]:

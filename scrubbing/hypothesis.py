@@ -9,7 +9,7 @@ names the node and says how to fix it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Union
 
 import networkx as nx
@@ -46,6 +46,13 @@ class Edge:
     parent: str
     into: tuple[str, ...] | None = None
     via: Union[str, tuple[str, ...]] = "all"
+    feature: "FeatureFn | Exact | None" = None
+    """The edge's own feature: what the parent's value fed along this edge (into these slots) is
+    claimed to carry. That value is the parent's, computed on an example drawn from those agreeing
+    with the child's example on this feature (instead of the parent node's feature), the parent's
+    own inputs scrubbed as the parent node says. Exactly as if the edge came from a copy of the
+    parent node (same site and parents) with this feature, named ``parent->child.slots``, which is
+    how ``bind`` states it; a parent whose every edge has a feature is then used only through its copies."""
 
     def __post_init__(self):
         if isinstance(self.into, str):
@@ -61,9 +68,14 @@ class Node:
     feature: FeatureFn | Exact | None
     parents: tuple[Edge, ...] = ()
     feature_name: str = ""
+    unclaimed: Unclaimed = None  # None: the hypothesis's default; a str for every slot; {slot: str} per slot
 
 
 OUTPUT = "output"
+
+DRAW, REFERENCE = "draw", "reference"
+UNCLAIMED = (DRAW, REFERENCE)
+Unclaimed = Union[str, dict, None]
 
 
 class Hypothesis:
@@ -75,15 +87,22 @@ class Hypothesis:
     >>> h.output(parents=["count"])
     """
 
-    def __init__(self, name: str, description: str = "", allow_singletons: bool = False):
+    def __init__(self, name: str, description: str = "", allow_singletons: bool = False, unclaimed: str = DRAW):
+        """``unclaimed``: where the inputs no edge claims come from, for every node that does not say otherwise.
+        ``"draw"`` (the published algorithm, the default): the clean value on the node's random draw r.
+        ``"reference"``: the clean value on the example the node's instance runs on (for the output: the
+        reference itself), so the parts of the model a claim is not about stay as they were, the
+        "frame" of Redwood's induction experiments, in one argument.
+        """
         self.name = name
         self.description = description
         self.allow_singletons = allow_singletons
+        self.unclaimed = _check_unclaimed(unclaimed, f"hypothesis {name!r}")
         self.nodes: dict[str, Node] = {}
         self.expectations: list = []
 
     def node(self, name: str, site: str, feature: FeatureFn | Exact, parents: Iterable[str | Edge] = (),
-             feature_name: str | None = None) -> "Hypothesis":
+             feature_name: str | None = None, unclaimed: Unclaimed = None) -> "Hypothesis":
         if name in self.nodes:
             raise HypothesisError(f"node {name!r} is declared twice in hypothesis {self.name!r}; give each node its own name.")
         if name == OUTPUT:
@@ -93,15 +112,108 @@ class Hypothesis:
                 f"node {name!r}: feature must be a function of the dataset returning class ids, or EXACT; got {feature!r}."
             )
         label = feature_name or getattr(feature, "name", None) or getattr(feature, "__name__", "feature")
-        self.nodes[name] = Node(name, site, feature, _edges(parents), label)
+        self.nodes[name] = Node(name, site, feature, _edges(parents), label,
+                                _check_unclaimed(unclaimed, f"node {name!r}", allow_none=True))
         return self
 
-    def output(self, parents: Iterable[str | Edge] = ()) -> "Hypothesis":
+    def output(self, parents: Iterable[str | Edge] = (), unclaimed: Unclaimed = None) -> "Hypothesis":
         """The output node: runs on the reference itself and is scored against its label."""
         if OUTPUT in self.nodes:
             raise HypothesisError(f"hypothesis {self.name!r} declares its output twice.")
-        self.nodes[OUTPUT] = Node(OUTPUT, OUTPUT, None, _edges(parents), "")
+        self.nodes[OUTPUT] = Node(OUTPUT, OUTPUT, None, _edges(parents), "",
+                                  _check_unclaimed(unclaimed, "the output", allow_none=True))
         return self
+
+    # -- hypotheses as values: every derivation returns a new hypothesis, the original is untouched ----
+    def copy(self, name: str | None = None, description: str | None = None) -> "Hypothesis":
+        new = Hypothesis(self.name if name is None else name, self.description if description is None else description,
+                         self.allow_singletons, self.unclaimed)
+        new.nodes = {n: replace(node) for n, node in self.nodes.items()}
+        new.expectations = list(self.expectations)
+        return new
+
+    def renamed(self, name: str, description: str | None = None) -> "Hypothesis":
+        return self.copy(name, description)
+
+    def with_node(self, name: str, site: str, feature: FeatureFn | Exact, parents: Iterable[str | Edge] = (),
+                  feature_name: str | None = None, unclaimed: Unclaimed = None, *, name_as: str | None = None,
+                  feeds: Iterable[str | Edge] = ()) -> "Hypothesis":
+        """A copy with one more node; ``feeds`` adds an edge from it to each named child (``Edge`` for options)."""
+        new = self.copy(name_as)
+        new.node(name, site, feature, parents, feature_name, unclaimed)
+        for child in _edges(feeds):
+            target = new._known(child.parent, "feed")
+            target.parents = target.parents + (replace(child, parent=name),)
+        new._check_acyclic()
+        return new
+
+    def replacing(self, name: str, *, name_as: str | None = None, **changes) -> "Hypothesis":
+        """A copy where node ``name`` has new fields (site, feature, parents, feature_name, unclaimed)."""
+        new = self.copy(name_as)
+        node = new._known(name, "replace")
+        unknown = set(changes) - {"site", "feature", "parents", "feature_name", "unclaimed"}
+        if unknown:
+            raise HypothesisError(f"replacing node {name!r}: no field {sorted(unknown)}; a node has site, feature, "
+                                  "parents, feature_name and unclaimed.")
+        if "parents" in changes:
+            changes["parents"] = _edges(changes["parents"])
+        if "feature" in changes and "feature_name" not in changes:
+            f = changes["feature"]
+            changes["feature_name"] = getattr(f, "name", None) or getattr(f, "__name__", "feature")
+        if "unclaimed" in changes:
+            changes["unclaimed"] = _check_unclaimed(changes["unclaimed"], f"node {name!r}", allow_none=True)
+        new.nodes[name] = replace(node, **changes)
+        new._check_acyclic()
+        return new
+
+    def without(self, *names: str, name_as: str | None = None) -> "Hypothesis":
+        """A copy without these nodes and every edge from them."""
+        new = self.copy(name_as)
+        for name in names:
+            new._known(name, "remove")
+            if name == OUTPUT:
+                raise HypothesisError("the output node cannot be removed; a hypothesis ends at the output.")
+            del new.nodes[name]
+        for node in new.nodes.values():
+            node.parents = tuple(e for e in node.parents if e.parent not in names)
+        return new
+
+    def joined(self, other: "Hypothesis", name: str | None = None) -> "Hypothesis":
+        """Both claims at once: the union of the nodes; the output's parents are both outputs' parents.
+
+        A node both declare must be the same claim (same site, feature and parents); otherwise the
+        names clash and one side must be renamed first.
+        """
+        new = self.copy(name or f"{self.name} + {other.name}")
+        if other.unclaimed != self.unclaimed:
+            raise HypothesisError(f"joining {self.name!r} with {other.name!r}: their unclaimed inputs differ "
+                                  f"({self.unclaimed!r} vs {other.unclaimed!r}); make them agree with copy() first.")
+        for n, node in other.nodes.items():
+            mine = new.nodes.get(n)
+            if mine is None:
+                new.nodes[n] = replace(node)
+            elif n == OUTPUT:
+                mine.parents = mine.parents + tuple(e for e in node.parents if e not in mine.parents)
+            elif (mine.site, mine.feature, mine.parents, mine.unclaimed) != (node.site, node.feature, node.parents,
+                                                                              node.unclaimed):
+                raise HypothesisError(f"joining {self.name!r} with {other.name!r}: both declare node {n!r}, as "
+                                      "different claims; rename it in one of them (without/with_node) first.")
+        new._check_acyclic()
+        return new
+
+    def _known(self, name: str, verb: str) -> Node:
+        if name not in self.nodes:
+            raise HypothesisError(f"cannot {verb} node {name!r} of hypothesis {self.name!r}: no such node; "
+                                  f"its nodes are {list(self.nodes)}.")
+        return self.nodes[name]
+
+    def _check_acyclic(self) -> None:
+        try:
+            cycle = nx.find_cycle(self.graph)
+        except nx.NetworkXNoCycle:
+            return
+        raise HypothesisError(f"hypothesis {self.name!r} would have a cycle: "
+                              f"{' -> '.join(u for u, _ in cycle)} -> {cycle[0][0]}; remove one of these edges.")
 
     def expect(self, *expectations) -> "Hypothesis":
         self.expectations.extend(expectations)
@@ -120,11 +232,12 @@ class Hypothesis:
         return BoundHypothesis(self, adapter, data)
 
     def describe(self) -> list[str]:
-        lines = []
+        lines = [] if self.unclaimed == DRAW else [f"unclaimed inputs: {self.unclaimed}"]
         for node in self.nodes.values():
             parents = ", ".join(_edge_text(e) for e in node.parents) or "-"
             what = "(output)" if node.name == OUTPUT else f"feature {node.feature_name}"
-            lines.append(f"{node.name} @ {node.site}: {what}; parents: {parents}")
+            free = "" if node.unclaimed is None else f"; unclaimed: {_unclaimed_text(node.unclaimed)}"
+            lines.append(f"{node.name} @ {node.site}: {what}; parents: {parents}{free}")
         return lines
 
     def to_dict(self, adapter: ModelAdapter | None = None) -> dict:
@@ -157,14 +270,73 @@ class Hypothesis:
         return f"Hypothesis({self.name!r}, nodes={list(self.nodes)})"
 
 
+def _check_unclaimed(value, where: str, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    values = value.values() if isinstance(value, dict) else [value]
+    if not all(v in UNCLAIMED for v in values):
+        raise HypothesisError(f"{where}: unclaimed must be 'draw' or 'reference'"
+                              + (", or a dict slot -> one of them" if allow_none else "") + f"; got {value!r}.")
+    return dict(value) if isinstance(value, dict) else value
+
+
 def _edges(parents: Iterable[str | Edge]) -> tuple[Edge, ...]:
     if isinstance(parents, (str, Edge)):
         parents = [parents]
     return tuple(p if isinstance(p, Edge) else Edge(p) for p in parents)
 
 
+def _feature_label(feature) -> str:
+    return getattr(feature, "name", None) or getattr(feature, "__name__", "feature")
+
+
+def edge_node_name(edge: Edge, child: str) -> str:
+    """The name of the parent's copy that carries an edge's own feature."""
+    return f"{edge.parent}->{child}" + ("" if edge.into is None else "." + "/".join(edge.into))
+
+
+def lower_edge_features(h: "Hypothesis") -> "Hypothesis":
+    """The same claim with every edge feature stated as a node: a copy of the parent with that feature."""
+    if not any(e.feature is not None for node in h.nodes.values() for e in node.parents):
+        return h
+    new = h.copy()
+    used_plain = {e.parent for node in h.nodes.values() for e in node.parents if e.feature is None}
+    lowered: dict[str, Node] = {}
+    copies: dict[str, tuple[str, object]] = {}  # copy -> (parent, feature)
+    for name, node in h.nodes.items():
+        edges = []
+        for edge in node.parents:
+            if edge.feature is None:
+                edges.append(edge)
+                continue
+            if edge.parent not in h.nodes:
+                raise HypothesisError(f"node {name!r} lists parent {edge.parent!r}, which is not declared; "
+                                      "declare it with hypothesis.node(...).")
+            copy_name = edge_node_name(edge, name)
+            if copy_name in h.nodes or copy_name in copies:
+                raise HypothesisError(f"edge {edge.parent!r} -> {name!r}: its feature needs a node named {copy_name!r}, "
+                                      "which is taken; rename that node.")
+            copies[copy_name] = (edge.parent, edge.feature)
+            edges.append(replace(edge, parent=copy_name, feature=None))
+        lowered[name] = replace(node, parents=tuple(edges))
+    new.nodes = {}
+    for name, node in lowered.items():
+        for edge in node.parents:  # each copy just before the first node that reads it
+            if edge.parent in copies and edge.parent not in new.nodes:
+                parent, feature = copies[edge.parent]
+                new.nodes[edge.parent] = replace(lowered[parent], name=edge.parent, feature=feature,
+                                                 feature_name=_feature_label(feature))
+        if name == OUTPUT or name in used_plain or not any(name == p for p, _ in copies.values()):
+            new.nodes[name] = node  # a parent used only through its copies is left out
+    return new
+
+
+def _unclaimed_text(value) -> str:
+    return value if isinstance(value, str) else ", ".join(f"{k} {v}" for k, v in value.items())
+
+
 def _edge_text(edge: Edge) -> str:
-    extra = []
+    extra = [] if edge.feature is None else [f"feature {_feature_label(edge.feature)}"]
     if edge.into is not None:
         extra.append("into " + "/".join(edge.into))
     if edge.via != "all":
@@ -183,6 +355,7 @@ class BoundHypothesis:
     order: list[str] = field(init=False)
 
     def __post_init__(self):
+        self.hypothesis = lower_edge_features(self.hypothesis)
         h, adapter = self.hypothesis, self.adapter
         nodes = h.nodes
         if OUTPUT not in nodes:
@@ -230,8 +403,12 @@ class BoundHypothesis:
         """A non-output node without parents reads its whole input from its own sample."""
         return name != OUTPUT and not self.edges(name)
 
-    def is_exact(self, name: str) -> bool:
-        return isinstance(self.hypothesis.nodes[name].feature, Exact)
+    def unclaimed(self, name: str, slot: str) -> str:
+        """Where the unclaimed inputs of ``slot`` of node ``name`` come from: the slot's, else the node's, else the hypothesis's."""
+        own = self.hypothesis.nodes[name].unclaimed
+        if isinstance(own, dict):
+            own = own.get(slot)
+        return own or self.hypothesis.unclaimed
 
     def is_positional(self, name: str) -> bool:
         classes = self.classes[name]
@@ -266,6 +443,12 @@ class BoundHypothesis:
                 raise HypothesisError(
                     f"node {name!r} maps to {child_site.name!r}, which reads the raw input; it cannot have parents. "
                     "Make it a leaf (no parents)."
+                )
+            own = self.hypothesis.nodes[name].unclaimed
+            if isinstance(own, dict) and set(own) - set(child_site.slots):
+                raise HypothesisError(
+                    f"node {name!r}: unclaimed names slot(s) {sorted(set(own) - set(child_site.slots))}, but site "
+                    f"{child_site.name!r} has slots {list(child_site.slots)}."
                 )
             seen: dict[str, tuple[str, set[str]]] = {}
             for edge in self.edges(name):

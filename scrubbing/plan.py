@@ -41,6 +41,14 @@ FROM_DRAW = FromDraw()
 
 
 @dataclass(frozen=True)
+class FromOwn:
+    """The clean value on the instance's own example: an input left out under ``unclaimed="reference"``."""
+
+
+FROM_OWN = FromOwn()
+
+
+@dataclass(frozen=True)
 class Recompute:
     """Compute ``site`` afresh; ``slots`` holds, per slot, the term for each parent site."""
 
@@ -48,7 +56,7 @@ class Recompute:
     slots: tuple[tuple[str, tuple[tuple[str, "Term"], ...]], ...]
 
 
-Term = Union[FromParent, FromDraw, Recompute]
+Term = Union[FromParent, FromDraw, FromOwn, Recompute]
 
 
 def route(bound: BoundHypothesis, name: str) -> Recompute | None:
@@ -66,22 +74,24 @@ def route(bound: BoundHypothesis, name: str) -> Recompute | None:
         reach[edge] = allowed & nx.descendants(model.subgraph(allowed | {source}), source)
 
     @lru_cache(maxsize=None)
-    def term(parent_site: str, active: frozenset[Edge]) -> Term:
+    def term(parent_site: str, active: frozenset[Edge], left_out: Term) -> Term:
         for edge in active:
             if bound.sites[edge.parent] == parent_site:
                 return FromParent(edge.parent)
         onward = frozenset(e for e in active if parent_site in reach[e])
         if not onward:
-            return FROM_DRAW
-        return recompute(parent_site, lambda slot: onward)
+            return left_out
+        return recompute(parent_site, lambda slot: onward, lambda slot: left_out)
 
-    def recompute(site_name: str, active_for) -> Recompute:
+    def recompute(site_name: str, active_for, left_out_for) -> Recompute:
         s = adapter.sites[site_name]
         return Recompute(site_name, tuple(
-            (slot, tuple((p, term(p, active_for(slot))) for p in s.parents)) for slot in s.slots
+            (slot, tuple((p, term(p, active_for(slot), left_out_for(slot))) for p in s.parents)) for slot in s.slots
         ))
 
-    return recompute(site.name, lambda slot: frozenset(e for e in edges if e.into is None or slot in e.into))
+    # an unclaimed input anywhere under a slot of the node (recomputed sites included) follows that slot's setting
+    return recompute(site.name, lambda slot: frozenset(e for e in edges if e.into is None or slot in e.into),
+                     lambda slot: FROM_OWN if bound.unclaimed(name, slot) == "reference" else FROM_DRAW)
 
 
 @dataclass
@@ -139,6 +149,8 @@ def make_plan(bound: BoundHypothesis, refs: torch.Tensor, sampler, rng: np.rando
     def visit(path: tuple[str, ...], examples: torch.Tensor) -> None:
         name = path[-1]
         leaf = bound.is_leaf(name)
+        # drawn even where every slot keeps its inputs on the example (unclaimed="reference"): the draws of the
+        # rest of the tree then do not depend on that setting
         draws = None if leaf else sampler.draw_free(name, examples, n_examples, rng)
         instances[path] = Instances(examples, draws)
         for edge in bound.edges(name):

@@ -66,7 +66,8 @@ class HypothesisItem(pytest.Item):
     def runtest(self):
         config, loaded = self.config, self.parent.loaded
         run = scrub(self.hypothesis, loaded.task, n_refs=_setting(config, "n_refs"), seed=_setting(config, "seed"),
-                    budget=_setting(config, "budget"), regimes=regimes_needed(self.hypothesis.expectations))
+                    budget=_setting(config, "budget"),
+                    regimes=regimes_needed(self.hypothesis.expectations, loaded.pinned, self.hypothesis.name))
         lines = failures(run.to_dict(), loaded.pinned)
         if lines:
             raise ExpectationFailed("\n".join(lines))

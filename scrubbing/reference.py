@@ -70,29 +70,35 @@ def reference_outputs(plan: Plan, adapter: ModelAdapter, data: Dataset, hypothes
             # per position: position t of the input is position t of the parent's instance t
             return torch.stack([run(below, index + (t,))[:, t] for t in range(adapter.n_positions)], dim=1)
 
-        def value(site: str, active: frozenset) -> torch.Tensor:
-            """The value of ``site`` feeding an input whose claimed paths are those of the ``active`` edges."""
-            if (site, active) not in memo:
+        def value(site: str, active: frozenset, left_out: int) -> torch.Tensor:
+            """The value of ``site`` feeding an input whose claimed paths are those of the ``active`` edges;
+            an input no edge claims is clean on example ``left_out`` (r, or x under unclaimed="reference")."""
+            if (site, active, left_out) not in memo:
                 sources = [edge for edge in active if site_of[edge.parent] == site]
                 assert len(sources) <= 1, f"two edges claim site {site!r} into one slot of {node!r}"
                 onward = frozenset(edge for edge in active if on_path(site, edge))
                 if sources:
-                    memo[site, active] = from_parent(sources[0])
+                    memo[site, active, left_out] = from_parent(sources[0])
                 elif onward:  # on a claimed path: recompute it, its inputs routed the same way
-                    memo[site, active] = evaluate(site, {slot: onward for slot in sites[site].slots})
-                else:  # left out: the clean value on the node's random draw
-                    memo[site, active] = clean(r)[site]
-            return memo[site, active]
+                    memo[site, active, left_out] = evaluate(site, {slot: (onward, left_out) for slot in sites[site].slots})
+                else:  # left out: the clean value on the node's random draw (or on its own example)
+                    memo[site, active, left_out] = clean(left_out)[site]
+            return memo[site, active, left_out]
 
-        def evaluate(site: str, active: dict[str, frozenset]) -> torch.Tensor:
-            slots = {slot: adapter.slot_input(site, slot, [value(parent, active[slot]) for parent in sites[site].parents])
+        def evaluate(site: str, active: dict[str, tuple[frozenset, int]]) -> torch.Tensor:
+            slots = {slot: adapter.slot_input(site, slot, [value(parent, *active[slot]) for parent in sites[site].parents])
                      for slot in sites[site].slots}
             return adapter.run(site, slots, data.inputs[x:x + 1], shortcut=False).clone()
 
         edges = bound.edges(node)
         own = sites[site_of[node]]
-        return evaluate(own.name, {slot: frozenset(e for e in edges if e.into is None or slot in e.into)
-                                   for slot in own.slots})
+        def setting(slot: str) -> str:  # the slot's own, else the node's, else the hypothesis's
+            given = bound.hypothesis.nodes[node].unclaimed
+            given = given.get(slot) if isinstance(given, dict) else given
+            return given or bound.hypothesis.unclaimed
+
+        return evaluate(own.name, {slot: (frozenset(e for e in edges if e.into is None or slot in e.into),
+                                          x if setting(slot) == "reference" else r) for slot in own.slots})
 
     refs = plan.instances[(OUTPUT,)].examples
     return torch.cat([run((OUTPUT,), (i,)) for i in range(len(refs))])

@@ -10,7 +10,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from itertools import chain, islice
 from typing import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -87,7 +88,7 @@ class Search:
     candidates: int = 4  # representatives tried per class by worst-swap
     seed: int = 0
     used: int = 0
-    _context: SearchContext | None = None
+    shared: SharedContext = field(default_factory=lambda: SharedContext())
     evaluator: object = None  # None: evaluate in this process; else e.g. distributed.RayEvaluator
 
     @property
@@ -125,20 +126,27 @@ class Search:
         """The plan every evaluation of ``sampler`` runs (the same draws as ``evaluate``)."""
         return make_plan(self.bound, self.refs, sampler, np.random.default_rng(self.seed))
 
-    @property
+    @cached_property
     def clean(self) -> np.ndarray:
-        if not hasattr(self, "_clean"):
-            self._clean = self.scorer.clean(self.refs)
-        return self._clean
+        return self.scorer.clean(self.refs)
 
     def context(self) -> SearchContext:
-        if self._context is None:
+        """What the adversary's families may look at, built once per run (``shared``) by the first search that asks."""
+        if self.shared.context is None:
             everything = torch.arange(len(self.scorer.task.data))
             clean = self.scorer.clean(everything)
             pilot = make_plan(self.bound, everything, RandomSampler(self.tables), np.random.default_rng(self.seed + 1))
-            self._context = SearchContext(self.bound, self.scorer.task, clean, self.scorer.scrub(pilot) - clean, self.seed,
-                                          inputs=self.scorer.engine.inputs)
-        return self._context
+            self.shared.context = SearchContext(self.bound, self.scorer.task, clean, self.scorer.scrub(pilot) - clean,
+                                                self.seed, inputs=self.scorer.engine.inputs)
+        return self.shared.context
+
+
+@dataclass
+class SharedContext:
+    """The adversary's view of the whole dataset (clean losses, a pilot scrub, activations): costly, so the run makes
+    one and hands it to each regime's ``Search``; the first search that needs it fills it in."""
+
+    context: SearchContext | None = None
 
 
 def random_regime(search: Search):

@@ -17,7 +17,7 @@ from .execute import Engine
 from .hypothesis import Hypothesis
 from .plan import make_plan
 from .families import DEFAULT_FAMILIES, Family
-from .regimes import REGISTRY, Scorer, Search
+from .regimes import REGISTRY, Scorer, Search, SharedContext
 from .report import RegimeResult, RunResult
 from .sampling import RandomSampler, class_tables
 from .stats import delta_histogram, summarize, tail
@@ -48,6 +48,7 @@ def scrub(
     evaluator=None,
     progress=None,
     tolerance: float = DEFAULT_TOLERANCE,
+    baseline: Hypothesis | None = None,
 ) -> RunResult:
     """Scrub ``hypothesis`` on ``task`` and measure every requested regime on the same references.
 
@@ -62,6 +63,8 @@ def scrub(
     through sharing, at a statistical cost (see README). ``evaluator`` spreads the adversarial
     searches' candidate evaluations (``distributed.RayEvaluator``); results do not change.
     ``tolerance`` is the share of the behaviour a hypothesis may miss and still hold (``scrubbing.verdict``).
+    ``baseline`` sets the 0 % point: the scrubbed loss of that hypothesis (random regime, its own draws)
+    instead of the empty hypothesis's (the whole model on an unrelated input).
     """
     regimes = list(regimes)
     unknown = [r for r in regimes if r not in REGIMES]
@@ -81,7 +84,7 @@ def scrub(
         raise ScrubError(str(err)) from None
     adapter, data = task.adapter, task.data
     with _evaluation_mode(adapter, device):
-        _calibrated(adapter, data)
+        calibrate_once(adapter, data, n_refs)
         bound = hypothesis.bind(adapter, data)
         root = np.random.SeedSequence(seed)
         split_seed, base_seed, boot_seed, *regime_seeds = root.spawn(3 + len(REGIMES))
@@ -102,15 +105,19 @@ def scrub(
         scorer = Scorer(engine, task, bound, progress)
 
         model = scorer.clean(refs)
-        empty = Hypothesis("(empty)")
-        empty.output()
-        empty_bound = empty.bind(adapter, data)
-        baseline = scorer.scrub(make_plan(empty_bound, refs, RandomSampler({}), np.random.default_rng(base_seed)))
+        if baseline is None:
+            baseline = Hypothesis("(empty)")
+            baseline.output()
+        elif not isinstance(baseline, Hypothesis):
+            raise ScrubError(f"baseline must be a Hypothesis (the claim whose loss is 0 % recovered); got {baseline!r}.")
+        zero = baseline.bind(adapter, data)
+        baseline = scorer.scrub(make_plan(zero, refs, RandomSampler(class_tables(zero.classes)),
+                                          np.random.default_rng(base_seed)))
 
         tables = class_tables(bound.classes, pool, np.random.default_rng(split_seed.spawn(1)[0]))
         results: dict[str, RegimeResult] = {}
         digest = ""
-        context = None
+        shared = SharedContext()
         for name in REGIMES:
             if name not in regimes:
                 results[name] = RegimeResult(status="not run")
@@ -118,10 +125,9 @@ def scrub(
             regime_seed = regime_seeds[REGIMES.index(name)]
             rng = np.random.default_rng(regime_seed)
             search = Search(scorer, tables, search_refs, rng, budget, families or DEFAULT_FAMILIES,
-                            seed=int(regime_seed.generate_state(1)[0]) % 2**31, _context=context,
+                            seed=int(regime_seed.generate_state(1)[0]) % 2**31, shared=shared,
                             evaluator=evaluator)
             sampler, details = REGISTRY[name](search)
-            context = search._context
             plan = make_plan(bound, refs, sampler, rng)
             digest = digest or plan.digest()
             first = scorer.scrub(plan)
@@ -162,10 +168,13 @@ def _judged(result: RunResult, expectations) -> RunResult:
     return result
 
 
-def _calibrated(adapter, data) -> None:
-    if getattr(adapter, "_offsets", None) is None:
+def calibrate_once(adapter, data, n_refs: int | None = None) -> None:
+    """Calibrate once, on as many examples as the references (``sites.calibration_rows``)."""
+    if getattr(adapter, "calibration", None) is None:
+        from .sites import calibration_rows
+
         device = _device_of(getattr(adapter, "model", None))
-        adapter.calibrate(data.inputs[: min(len(data), 256)].to(device))
+        adapter.calibrate(data.inputs[: calibration_rows(len(data), n_refs)].to(device))
 
 
 def _device_of(module) -> torch.device:

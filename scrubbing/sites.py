@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -33,35 +33,89 @@ class Site:
         return not self.slots
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What ``ModelAdapter.calibrate`` measured and verified on real data: all the engine relies on.
+
+    ``offsets``: each slot's constant (its value minus its parents' outputs); ``shortcuts``: per site, the
+    verified cheaper way to run it; ``early_stops``: sites a clean pass may stop at; ``uses_context``: whether
+    a site's output depends on the raw input beyond its slots; ``n_positions``: length of the position axis
+    (None without one); ``rows``: calibration rows (the decomposition and the clean shortcut check use all);
+    ``check_rows``: rows of the structural checks (mixed slots, shuffled context); ``calls`` and ``rows_run``:
+    model calls made, by kind, and the rows they ran. Read-only by convention (plain dicts so it pickles).
+    """
+
+    offsets: dict[tuple[str, str], torch.Tensor]
+    shortcuts: dict[str, Callable]
+    early_stops: frozenset[str]
+    uses_context: bool
+    n_positions: int | None
+    rows: int
+    check_rows: int
+    calls: dict[str, int]
+    rows_run: dict[str, int]
+
+
+def calibration_rows(n_examples: int, n_refs: int | None = None) -> int:
+    """How many examples to calibrate on: as many as the references (the checks then cost a few passes over
+    them), at least ``MIN_CALIBRATION_ROWS`` (so the structural checks see enough rows), at most
+    ``MAX_CALIBRATION_ROWS``, and never more than there are."""
+    wanted = MAX_CALIBRATION_ROWS if n_refs is None else max(MIN_CALIBRATION_ROWS, n_refs)
+    return min(n_examples, wanted, MAX_CALIBRATION_ROWS)
+
+
+MIN_CALIBRATION_ROWS = 64
+MAX_CALIBRATION_ROWS = 256
+CALIBRATION_MEMORY_BUDGET = 1 << 30  # bytes of clean readings calibration holds at once (``calibrate``)
+
+
 class ModelAdapter:
     """The engine's only view of a model.
 
     Subclasses provide ``sites`` (topologically ordered), ``output`` (the name of
-    the output site), ``n_positions`` (length of the position axis of every site
-    output, or None when outputs have no position axis) and two methods:
+    the output site) and two methods:
 
     - ``_clean(inputs, slots, upto)`` -> (site outputs, slot inputs if ``slots`` else {}) on a batch of raw
       inputs; with ``upto`` (a site name) the pass may stop once that site's output is read;
     - ``_run(site, slot_inputs, inputs)`` -> the site's output when its slots are
       given; ``inputs`` supplies anything that is not a site (e.g. attention masks).
 
-    and optionally ``_shortcuts(site)``: cheaper ways to compute the same value (start the
-    forward pass at the site's layer, call its module directly), each a function with
-    ``_run``'s signature, best first. ``calibrate`` keeps, per site, the first one that
-    reproduces ``_run`` on real data; ``_run`` stays the obviously correct path the
-    reference implementation takes.
+    and optionally ``_positions(outputs)`` (the position axis's length, None by default), ``_shortcuts(site)``:
+    cheaper ways to compute the same value (start the forward pass at the site's layer, call its module
+    directly), each a function with ``_run``'s signature, best first. ``calibrate`` keeps, per site, the first
+    one that reproduces ``_run`` on real data; ``_run`` stays the obviously correct path the reference
+    implementation takes. Everything calibration decides is in ``calibration`` (a ``Calibration``).
     """
 
     sites: dict[str, Site]
     output: str
-    n_positions: int | None
 
     def __init__(self) -> None:
-        self._offsets: dict[tuple[str, str], torch.Tensor] | None = None
-        self.uses_context = True
-        self.shortcuts: dict[str, Callable] = {}  # site -> the shortcut calibrate() verified for it
-        self.early_stops: frozenset[str] = frozenset()  # sites a clean pass may stop at (verified by calibrate())
-        self.calls: dict[str, int] = {}  # model calls of the last calibrate(), by kind
+        self.calibration: Calibration | None = None
+        self._calls: dict[str, int] = {}
+        self._rows: dict[str, int] = {}
+
+    # -- what calibration decided (read by the engine) ------------------------------------------------------
+    @property
+    def uses_context(self) -> bool:
+        return True if self.calibration is None else self.calibration.uses_context
+
+    @property
+    def n_positions(self) -> int | None:
+        return None if self.calibration is None else self.calibration.n_positions
+
+    @property
+    def shortcuts(self) -> dict[str, Callable]:
+        return {} if self.calibration is None else self.calibration.shortcuts
+
+    @property
+    def early_stops(self) -> frozenset[str]:
+        return frozenset() if self.calibration is None else self.calibration.early_stops
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Model calls of the last ``calibrate()``, by kind."""
+        return {} if self.calibration is None else dict(self.calibration.calls)
 
     # -- what subclasses implement -------------------------------------------------
     def _clean(self, inputs: torch.Tensor, slots: bool, upto: str | None = None
@@ -73,6 +127,10 @@ class ModelAdapter:
 
     def _shortcuts(self, site: str) -> list[Callable]:
         return []
+
+    def _positions(self, outputs: dict[str, torch.Tensor]) -> int | None:
+        """The length of every site output's position axis, from a clean pass's outputs; None without one."""
+        return None
 
     def restore(self) -> None:
         """Undo any state a failed run may have left on the model (hooks)."""
@@ -97,6 +155,11 @@ class ModelAdapter:
         self._require(outputs, names if upto is None else names[: names.index(upto) + 1])
         return outputs
 
+    def clean_slots(self, inputs: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
+        """Every slot's clean input on a batch, keyed (site, slot): what a recomputation from clean parents gets."""
+        _, slots = self._guarded(self._clean, inputs, True, None)
+        return slots
+
     def _require(self, outputs: dict, names: list[str]) -> None:
         missing = [name for name in names if name not in outputs]
         if missing:
@@ -113,102 +176,239 @@ class ModelAdapter:
 
     def slot_input(self, site: str, slot: str, parent_outputs: list[torch.Tensor]) -> torch.Tensor:
         """A slot's value from its parents' outputs: their sum plus the calibrated constant."""
-        if self._offsets is None:
+        if self.calibration is None:
             raise ModelError("adapter used before calibrate(); call adapter.calibrate(inputs) first.")
-        total = self._offsets[(site, slot)].to(parent_outputs[0].device) if parent_outputs else self._offsets[(site, slot)]
+        offset = self.calibration.offsets[(site, slot)]
+        total = offset.to(parent_outputs[0].device) if parent_outputs else offset
         for value in parent_outputs:
             total = total + value
         return total
 
-    def calibrate(self, inputs: torch.Tensor, rtol: float = 1e-4) -> None:
-        """Measure each slot's constant offset and check the sum decomposition holds.
+    # -- calibration ----------------------------------------------------------------------
+    def calibrate(self, data: "Dataset | torch.Tensor", rtol: float = 1e-4,
+                  memory_budget: int | None = CALIBRATION_MEMORY_BUDGET) -> Calibration:
+        """Measure each slot's constant offset and check the sum decomposition holds; sets and returns
+        ``calibration``.
 
-        Also detects whether sites read anything from the raw input beyond the
-        source sites (``uses_context``): if not, the engine may share computations
-        across contexts; and verifies what the engine may skip: each site's
-        shortcut (``shortcuts``) and where a clean pass may stop (``early_stops``).
+        Also detects whether sites read anything from the raw input beyond the source sites
+        (``uses_context``): if not, the engine may share computations across contexts; and verifies what the
+        engine may skip: each site's shortcut and where a clean pass may stop.
 
-        Cost, for an adapter that patches every site in one pass (``_run_all``) and checks
-        shortcuts by block (``_shortcut_groups``), such as ``HookedAdapter``: a constant
-        number of forward passes whatever the number of sites — one clean pass with slots
-        and one shuffled-context pass on ``inputs``, two patched passes on the first ``CHECK_ROWS``
-        rows, three or four calls per shortcut group (each about one block; the clean check on every
-        row of ``inputs``, the structural ones on ``CHECK_ROWS``), and one traced pass on 16 rows for
-        the early stops. ``calls`` counts them.
+        Every row given is used (``calibration_rows`` sizes them to the references). Memory: the clean readings
+        (every site's output and slot) are held for one chunk of rows at a time, as many as ``memory_budget``
+        bytes hold (``row_bytes``; at least the check rows; None: every row at once); what the checks keep
+        across chunks is per-slot and per-site running sums and maxima, so peak memory follows the budget,
+        not the number of rows. The decisions are those of holding every row at once (same rows, same
+        tolerances). Cost, for an adapter that patches every site in one pass (``_run_all``) and checks
+        shortcuts by block (``_shortcut_groups``), such as ``HookedAdapter``, whatever the number of sites,
+        with R rows in c chunks and m = ``check_rows`` (R/8, 8 to 64):
+
+        - one clean pass with slots per chunk (R rows in all): offsets, the clean expectations, the hook order;
+        - one pass with every site patched on 2m rows: two halves in a shuffled context, each with half the
+          sites given mixed slots (each site's output must follow its own slots only, not the raw input);
+        - one block call per block start and chunk, on R + 2m rows in all: every site's shortcut from that
+          block on the clean rows and both halves (with the first chunk); each call runs about one block, so
+          together about one pass. A second option is tried only for the sites whose first failed;
+        - one clean pass on ``EARLY_STOP_ROWS`` (4) rows stopping at the deepest early stop.
+
+        About 3 clean passes of R rows in all (each pass that reads or writes every head's input costs more
+        than a bare forward pass), whatever c: chunks add calls, not rows. Only should a shortcut fail by its
+        values (not by raising) is a chunked calibration's sweep repeated, for the sites whose next option then
+        needs every chunk. Should a site's output follow other sites' slots or the raw input, or for adapters
+        without ``_run_all``, sites are checked one by one (a few passes per site), on every row at once.
+
+        What the sizes catch: the decomposition and the clean shortcut check see every row, so a shortcut
+        wrong only on some inputs is refused if one of the R rows is such an input; confused slots and reads
+        of the raw input are structural and show on the m check rows, unless they matter only for inputs
+        absent from those rows.
         """
-        self.calls = {}
-        outputs, slots = self._counted("clean", self._guarded, self._clean, inputs, True)
-        self._require(outputs, list(self.sites))
-        outputs = {key: value.clone() for key, value in outputs.items()}  # held across many later passes
-        slots = {key: value.clone() for key, value in slots.items()}
-        offsets = {}
-        for site in self.sites.values():
-            for slot in site.slots:
-                actual = slots[(site.name, slot)]
-                residual = actual - sum(outputs[p] for p in site.parents)
-                offset = residual.mean(dim=0, keepdim=True)
-                spread = (residual - offset).abs().max().item()
-                scale = actual.abs().max().item() + 1e-6
-                if spread > rtol * scale * 10 + 1e-5:
-                    raise ModelError(
-                        f"site {site.name!r} slot {slot!r}: its input is not the sum of its parents' "
-                        f"outputs plus a constant (deviation {spread:.3g} vs scale {scale:.3g}). "
-                        f"Declare the missing parent sites, or split the site so each slot reads a sum."
-                    )
-                offsets[(site.name, slot)] = offset[0]
-        self._offsets = offsets
+        inputs = data.inputs if isinstance(data, Dataset) else data
+        self.calibration = None
+        self._calls, self._rows = {}, {}
         self._batched = type(self)._run_all is not ModelAdapter._run_all
-        # The clean check runs on every row (a shortcut wrong only on rarer inputs must not pass); the mixed and
-        # shuffled checks, which test structure (slots confused, context read), on the first CHECK_ROWS.
-        rows = min(len(inputs), self.CHECK_ROWS) if self._batched else len(inputs)
-        given = {key: value[:rows] for key, value in slots.items()}
-        mixed = self._mixed(given) if rows >= 2 else {}
-        expected_mixed = self._independent_runs(inputs[:rows], outputs, given, mixed, rtol)
-        if expected_mixed is None:  # a site's output moved with other sites' slots: check site by site
-            self._batched = False
-            mixed = self._mixed(slots) if len(inputs) >= 2 else {}
-            expected_mixed = self._all_runs(mixed, inputs) if mixed else {}
-            rows, given = len(inputs), slots
-        shuffled = self._shuffled_runs(inputs, slots)
-        self.uses_context = inputs.shape[0] < 2 or any(
-            not torch.allclose(value, outputs[site], atol=1e-5, rtol=1e-4) for site, value in shuffled.items())
-        flipped = inputs.flip(0)[:rows]
-        checks = {
-            "clean": (slots, inputs, outputs),
-            "mixed": (mixed, inputs[:rows], expected_mixed),
-            "shuffled": (given, flipped, {site: value[:rows] for site, value in shuffled.items()}),
-        }
-        if not mixed:
-            del checks["mixed"]
-        if not self.uses_context or not shuffled:
-            del checks["shuffled"]
-        self.shortcuts = self._verify_shortcuts(checks, rtol)
-        self.early_stops = self._verify_early_stops(inputs[:16], rtol)
+        try:
+            calibration = self._calibrate(inputs, rtol, memory_budget)
+        except _Rewritten:  # readings are views of the model's tensors, and it wrote into one in a later pass:
+            self._copy_readings = True  # calibrate again on copies
+            try:
+                return self.calibrate(inputs, rtol, memory_budget)
+            finally:
+                self._copy_readings = False
+        self.calibration = calibration
+        return calibration
 
-    CHECK_ROWS = 64  # rows of the structural shortcut checks (mixed slots, shuffled context); the clean one uses all
     _batched = False  # True while calibrate() checks many sites per pass (the adapter has ``_run_all``)
+    _copy_readings = False  # True: hold copies of the clean readings, not the model's tensors
 
-    def _counted(self, what: str, fn, *args):
-        self.calls[what] = self.calls.get(what, 0) + 1
+    def _calibrate(self, inputs, rtol, budget) -> Calibration:
+        n = len(inputs)
+        m = self._check_rows(n) if n >= 2 else 0
+        size = self.calibration_chunk_rows(inputs, budget, m) if self._batched else max(n, 1)
+        chunks = [(a, min(a + size, n)) for a in range(0, n, size)] or [(0, 0)]
+        whole = len(chunks) == 1
+        sums = _OffsetSums(whole)
+        checks = _ShortcutChecks(self, rtol, last=len(chunks) - 1)
+        offsets = early = positions = None
+        uses_context = check_rows = None
+        for index, (a, b) in enumerate(chunks):
+            chunk = inputs[a:b]
+            readings = self._read(chunk)
+            outputs, slots, trace, _ = readings
+            sums.add(self.sites, outputs, slots)
+            if whole:
+                offsets = sums.offsets(rtol)
+            if index == 0:
+                positions = self._positions(outputs)
+                checked = self._batched_checks(chunk, outputs, slots, rtol, m) if self._batched else None
+                if checked is None:  # no batched pass, or a site's output moved with other sites' slots
+                    self._batched = False
+                    return self._calibrate_site_by_site(inputs, rtol, readings if whole else None, offsets)
+                (blocks, uses_context, check_rows), checked = checked, None
+            else:
+                blocks = [("clean", slots, chunk, outputs)]
+            checks.run(blocks, index)
+            if index == 0:
+                early = self._early_stops(chunk, outputs, trace, rtol)
+            self._unchanged(readings)
+            del readings, outputs, slots, trace, blocks  # this chunk's readings go before the next is read
+        if offsets is None:
+            offsets = sums.offsets(rtol)
+        while checks.pending():  # options taken up after the first chunk: checked again on every chunk
+            for index, (a, b) in enumerate(chunks):
+                chunk = inputs[a:b]
+                readings = self._read(chunk)
+                outputs, slots, _, _ = readings
+                blocks = (self._batched_checks(chunk, outputs, slots, rtol, m)[0] if index == 0
+                          else [("clean", slots, chunk, outputs)])
+                checks.run(blocks, index)
+                self._unchanged(readings)
+                del readings, outputs, slots, blocks
+        return Calibration(offsets, checks.verified, early, uses_context, positions, n, check_rows,
+                           dict(self._calls), dict(self._rows))
+
+    def _calibrate_site_by_site(self, inputs, rtol, readings=None, offsets=None) -> Calibration:
+        """Every site checked alone (``_site_checks``), on every row at once."""
+        if readings is None:
+            readings = self._read(inputs)
+        outputs, slots, trace, _ = readings
+        if offsets is None:
+            sums = _OffsetSums(True)
+            sums.add(self.sites, outputs, slots)
+            offsets = sums.offsets(rtol)
+        blocks, uses_context, check_rows = self._site_checks(inputs, outputs, slots)
+        checks = _ShortcutChecks(self, rtol, last=0)
+        checks.run(blocks, 0)
+        early = self._early_stops(inputs, outputs, trace, rtol)
+        self._unchanged(readings)
+        return Calibration(offsets, checks.verified, early, uses_context, self._positions(outputs), len(inputs),
+                           check_rows, dict(self._calls), dict(self._rows))
+
+    def _read(self, inputs):
+        """Calibration's clean pass on these rows: (outputs, slots, trace, the readings' version counters)."""
+        outputs, slots, trace = self._counted("clean", len(inputs), self._guarded, self._calibration_pass, inputs)
+        self._require(outputs, list(self.sites))
+        if self._copy_readings:
+            outputs, slots = _copied(outputs), _copied(slots)
+        return outputs, slots, trace, _versions(outputs, slots)
+
+    @staticmethod
+    def _unchanged(readings) -> None:
+        outputs, slots, _, versions = readings
+        if _versions(outputs, slots) != versions:
+            raise _Rewritten
+
+    def _early_stops(self, inputs, outputs, trace, rtol) -> frozenset[str]:
+        e = self.EARLY_STOP_ROWS
+        return self._verify_early_stops(inputs[:e], {k: v[:e] for k, v in outputs.items()}, trace, rtol)
+
+    def calibration_chunk_rows(self, inputs, budget: int | None, m: int) -> int:
+        """Rows per chunk: as many as ``budget`` bytes of readings hold, at least the check rows (the first
+        chunk holds them) and one; every row where the adapter cannot say what a row's readings take."""
+        n = max(len(inputs), 1)
+        per_row = self.row_bytes(inputs) if budget is not None else None
+        if not per_row:
+            return n
+        return max(m, 1, min(n, budget // per_row))
+
+    def row_bytes(self, inputs) -> int | None:
+        """About the bytes one row's clean readings (every site's output and slot) take; None where unknown
+        (calibration then holds every row at once). Adapters of large models override it."""
+        return None
+
+    def _calibration_pass(self, inputs):
+        """The clean pass calibration starts from: (outputs, slots, what else the adapter records)."""
+        outputs, slots = self._clean(inputs, True)
+        return outputs, slots, None
+
+    def _counted(self, what: str, rows: int, fn, *args):
+        self._calls[what] = self._calls.get(what, 0) + 1
+        self._rows[what] = self._rows.get(what, 0) + rows
         return fn(*args)
 
-    def _mixed(self, slots) -> dict[tuple[str, str], torch.Tensor]:
+    @staticmethod
+    def _check_rows(n: int) -> int:
+        """Rows of the structural checks: an eighth of the calibration rows, 8 to 64 (structural faults,
+        confused slots or a read of the raw input, show on almost any row)."""
+        return min(n, max(8, n // 8), 64)
+
+    EARLY_STOP_ROWS = 4  # rows of the early-stop check (hook order: the same on every row)
+
+    def _batched_checks(self, inputs, outputs, slots, rtol, m: int):
+        """The check blocks from one pass with every site patched, on the first m rows twice, both in a
+        shuffled context (those rows flipped): once with even sites given mixed slots and odd ones their clean
+        slots, once the other way round. A site given its clean slots must give its clean output whatever the
+        other sites get and whatever the raw input: its output follows its own slots only (so the engine may
+        share computations across contexts). None if some site's does not: then the caller checks site by
+        site, which tells the two apart. ``inputs`` may be the first chunk of the calibration rows."""
+        if m == 0:
+            return [("clean", slots, inputs, outputs)], True, 0
+        names = [site.name for site in self.sites.values() if not site.is_source]
+        first = {key: value[:m] for key, value in slots.items()}
+        mixed = self._mixed(first)
+        even = {name: i % 2 == 0 for i, name in enumerate(names)}
+        keys = [key for key in slots if key[0] in even]
+        halves = [_Lazy(keys, lambda key, parity=parity: (mixed if even[key[0]] == parity else first)[key])
+                  for parity in (True, False)]
+        context = inputs[:m].flip(0)
+        got = self._all_runs(_Joined(halves, keys), torch.cat([context, context]))
+        split = [{name: value[a:b] for name, value in got.items()} for a, b in ((0, m), (m, 2 * m))]
+        for name in names:  # its clean slots, the others' mixed, another example's raw input
+            if not close_enough(split[1 if even[name] else 0][name], outputs[name][:m], rtol):
+                return None
+        blocks = [("clean", slots, inputs, outputs)] + [(f"mixed {i}", half, context, split[i])
+                                                        for i, half in enumerate(halves)]
+        return blocks, False, m
+
+    def _site_checks(self, inputs, outputs, slots):
+        """The check blocks site by site (one ``_run`` per site and check), on every row."""
+        n = len(inputs)
+        mixed = self._mixed(slots) if n >= 2 else {}
+        expected_mixed = self._all_runs(mixed, inputs) if mixed else {}
+        shuffled = self._shuffled_runs(inputs, slots)
+        uses_context = n < 2 or any(not torch.allclose(value, outputs[site], atol=1e-5, rtol=1e-4)
+                                    for site, value in shuffled.items())
+        blocks = [("clean", slots, inputs, outputs)]
+        if mixed:
+            blocks.append(("mixed", mixed, inputs, expected_mixed))
+        if uses_context and shuffled:
+            blocks.append(("shuffled", slots, inputs.flip(0), shuffled))
+        return blocks, uses_context, n
+
+    def _mixed(self, slots) -> Mapping:
         """Every slot's values taken from other examples, each slot of a site shifted differently
-        (so a shortcut that confuses its slots shows)."""
-        mixed = {}
-        for site in self.sites.values():
-            for i, slot in enumerate(site.slots):
-                mixed[(site.name, slot)] = slots[(site.name, slot)].roll(i + 1, dims=0)
-        return mixed
+        (so a shortcut that confuses its slots shows); each made when read (no copy of every slot at once)."""
+        shifts = {(site.name, slot): i + 1 for site in self.sites.values() for i, slot in enumerate(site.slots)}
+        return _Lazy(list(shifts), lambda key: slots[key].roll(shifts[key], dims=0))
 
     def _all_runs(self, slot_inputs, inputs) -> dict[str, torch.Tensor]:
         """Every non-source site's output from its given slots: one patched pass (``_run_all``) where the
         adapter has one, else one ``_run`` per site."""
         names = [site.name for site in self.sites.values() if not site.is_source]
         if self._batched:
-            return self._counted("run_all", self._guarded_all, slot_inputs, inputs, names)
-        return {name: self._counted("run", self.run, name, {slot: slot_inputs[(name, slot)]
-                                                           for slot in self.sites[name].slots}, inputs, False)
+            return self._counted("run_all", len(inputs), self._guarded_all, slot_inputs, inputs, names)
+        return {name: self._counted("run", len(inputs), self.run, name,
+                                    {slot: slot_inputs[(name, slot)] for slot in self.sites[name].slots},
+                                    inputs, False)
                 for name in names}
 
     def _guarded_all(self, slot_inputs, inputs, names):
@@ -221,28 +421,6 @@ class ModelAdapter:
             self.restore()
             raise ModelError(f"the model raised in a pass with every site patched: {type(exc).__name__}: {exc}") from exc
 
-    def _independent_runs(self, inputs, outputs, given, mixed, rtol):
-        """Every site's ``_run`` on the mixed slots, from one pass with every site patched; checked by a
-        second pass that patches alternate sites with mixed slots and the rest with clean ones: each
-        site's output must follow its own slots only. None if some site's does not (then the caller
-        checks site by site)."""
-        if not mixed:
-            return {}
-        if not self._batched:
-            return self._all_runs(mixed, inputs)
-        everything = self._all_runs(mixed, inputs)
-        names = [site.name for site in self.sites.values() if not site.is_source]
-        alternate = {name: i % 2 == 0 for i, name in enumerate(names)}
-        half = {(name, slot): (mixed if alternate[name] else given)[(name, slot)]
-                for name in names for slot in self.sites[name].slots}
-        partial = self._all_runs(half, inputs)
-        rows = len(inputs)
-        for name in names:
-            expected = everything[name] if alternate[name] else outputs[name][:rows]
-            if not _close(partial[name], expected, rtol):
-                return None
-        return everything
-
     def _run_all(self, slot_inputs: dict[tuple[str, str], torch.Tensor], inputs: torch.Tensor,
                  names: list[str]) -> dict[str, torch.Tensor]:
         """The outputs of the sites ``names``, each computed from its own slots in ``slot_inputs``, with
@@ -253,7 +431,8 @@ class ModelAdapter:
     def _shortcut_groups(self) -> list[tuple[Callable, dict[str, int]]]:
         """Shortcuts checked many sites per call: ``(call, {site: k})`` where ``call(slot_inputs, inputs,
         names)`` returns, for the listed sites ``names``, what option ``k`` of ``_shortcuts(site)``
-        computes, in one model call. Optional; sites in no group are checked one by one."""
+        computes, in one model call; ``_shortcuts(site)[k]`` must be that same call for ``[site]`` alone
+        (so what is checked is what the engine runs). Optional; sites in no group are checked one by one."""
         return []
 
     def _shuffled_runs(self, inputs, slots) -> dict[str, torch.Tensor]:
@@ -263,50 +442,9 @@ class ModelAdapter:
             return {}
         return self._all_runs(slots, inputs.flip(0))
 
-    def _verify_shortcuts(self, checks, rtol: float) -> dict[str, Callable]:
-        """Per site, the first shortcut that gives ``_run``'s output: on the clean slots, on slots taken
-        from different examples (``mixed``), and in the shuffled contexts (checked where sites read the raw
-        input). A shortcut that raises or differs is not used. Group shortcuts are checked on every site
-        of the group in one call per check, and once more with alternate sites given mixed slots and the
-        others clean ones (so a site's shortcut output must follow its own slots only)."""
-        passed: dict[tuple[str, int], bool] = {}
-        if self._batched:
-            for call, members in self._shortcut_groups():
-                names = [name for name in members if not self.sites[name].is_source]
-                ok = {name: True for name in names}
-                runs = list(checks.values())
-                if "mixed" in checks:
-                    given, _, clean = checks["clean"]
-                    mixed, context, expected = checks["mixed"]
-                    n = len(context)  # the structural checks' rows
-                    alternate = {name: i % 2 == 0 for i, name in enumerate(names)}
-                    half = {key: mixed[key] if alternate[key[0]] else given[key][:n] for key in mixed if key[0] in ok}
-                    runs.append((half, context, {name: expected[name] if alternate[name] else clean[name][:n]
-                                                 for name in names}))
-                for slot_inputs, context, expected in runs:
-                    got = self._group_matches(call, slot_inputs, context, names)
-                    for name in names:
-                        ok[name] = ok[name] and got is not None and _close(got[name], expected[name], rtol)
-                for name in names:
-                    passed[(name, members[name])] = ok[name]
-        verified = {}
-        for site in self.sites.values():
-            options = self._shortcuts(site.name)
-            if site.is_source or not options:
-                continue
-            for k, option in enumerate(options):
-                if (site.name, k) not in passed:
-                    passed[(site.name, k)] = all(
-                        self._matches(option, site.name, {slot: slot_inputs[(site.name, slot)] for slot in site.slots},
-                                      context, expected[site.name], rtol)
-                        for slot_inputs, context, expected in checks.values())
-                if passed[(site.name, k)]:
-                    verified[site.name] = option
-                    break
-        return verified
-
     def _group_matches(self, call, slot_inputs, context, names):
-        self.calls["group"] = self.calls.get("group", 0) + 1
+        self._calls["group"] = self._calls.get("group", 0) + 1
+        self._rows["group"] = self._rows.get("group", 0) + len(context)
         try:
             with torch.no_grad():
                 return call(slot_inputs, context, names)
@@ -314,31 +452,32 @@ class ModelAdapter:
             self.restore()
             return None
 
-    def _verify_early_stops(self, inputs, rtol: float) -> frozenset[str]:
+    def _verify_early_stops(self, inputs, full, trace, rtol: float) -> frozenset[str]:
         """The sites at which a clean pass may stop: stopping there still reads every site up to it, with
-        the values of a full pass (not so if hooks fire out of site order, or more than once)."""
-        full, _ = self._counted("clean", self._guarded, self._clean, inputs, False, None)
+        the values of a full pass (``full``, on these ``inputs``); not so if hooks fire out of site order,
+        or more than once. Here one stopped pass per site; adapters may decide from ``trace``."""
         names = list(self.sites)
         safe = set()
         for i, name in enumerate(names):
             try:
-                part, _ = self._counted("clean", self._clean, inputs, False, name)
+                part, _ = self._counted("clean", len(inputs), self._clean, inputs, False, name)
             except Exception:  # noqa: BLE001 - a stop that fails is simply not used
                 self.restore()
                 continue
-            if all(n in part and _close(part[n], full[n], rtol) for n in names[: i + 1]):
+            if all(n in part and close_enough(part[n], full[n], rtol) for n in names[: i + 1]):
                 safe.add(name)
         return frozenset(safe)
 
-    def _matches(self, option, site, given, context, expected, rtol) -> bool:
-        self.calls["shortcut"] = self.calls.get("shortcut", 0) + 1
+    def _alone(self, option, site, given, context):
+        """One site's shortcut on one block; None if it raises."""
+        self._calls["shortcut"] = self._calls.get("shortcut", 0) + 1
+        self._rows["shortcut"] = self._rows.get("shortcut", 0) + len(context)
         try:
             with torch.no_grad():
-                got = option(site, given, context)
+                return option(site, given, context)
         except Exception:  # noqa: BLE001 - a shortcut that fails is simply not used
             self.restore()
-            return False
-        return _close(got, expected, rtol)
+            return None
 
     def _guarded(self, fn, *args):
         try:
@@ -352,7 +491,254 @@ class ModelAdapter:
             raise ModelError(f"the model raised while computing {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
+class _Rewritten(Exception):
+    """A reading (a view of the model's tensor) changed under a later pass: calibrate again on copies."""
+
+
+class _Lazy(Mapping):
+    """Slot values made when read (``make(key)``), so that a derived set of every slot is never held at once."""
+
+    def __init__(self, keys: list, make: Callable):
+        self.keys_, self.make = list(keys), make
+
+    def __getitem__(self, key):
+        return self.make(key)
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+
+class _OffsetSums:
+    """Each slot's residual (its value minus the sum of its parents' outputs), summed up over chunks of rows:
+    its sum, its elementwise least and greatest values and the slot's largest magnitude. That gives the mean
+    (the offset) and the largest deviation from it exactly as from every row at once (x - mean, rounded, is
+    monotone in x), the mean to rounding (summed in float64). With one chunk (``whole``) the mean is that
+    chunk's ``mean``, the offsets calibration always had. Parent sums are built on the longest parent list
+    already summed (in a residual stream each site's parents extend an earlier site's), so the work is linear
+    in the sites."""
+
+    def __init__(self, whole: bool):
+        self.whole, self.rows, self.seen = whole, 0, {}
+
+    def add(self, sites: dict, outputs, slots) -> None:
+        sums: dict[tuple[str, ...], object] = {(): 0}
+        buffers: dict = {}  # one scratch tensor per shape, reused by every slot (no fresh memory per slot)
+        for site in sites.values():
+            if not site.slots:
+                continue
+            total = _parent_sum(site.parents, outputs, sums)
+            for slot in site.slots:
+                actual = slots[(site.name, slot)]
+                residual = torch.sub(actual, total, out=_scratch(buffers, actual))
+                low, high = torch.aminmax(actual)
+                scale = max(-low.item(), high.item())
+                key = (site.name, slot)
+                if self.whole:
+                    offset = residual.mean(dim=0, keepdim=True)
+                    self.seen[key] = (offset[0], residual.sub_(offset).abs_().max().item(), scale)
+                    continue
+                least, most = torch.aminmax(residual, dim=0)
+                total_rows = residual.sum(dim=0, dtype=torch.float64)
+                if key in self.seen:
+                    was_sum, was_least, was_most, was_scale = self.seen[key]
+                    total_rows += was_sum
+                    least, most, scale = torch.minimum(least, was_least), torch.maximum(most, was_most), \
+                        max(scale, was_scale)
+                self.seen[key] = (total_rows, least, most, scale)
+        self.rows += len(next(iter(outputs.values())))
+
+    def offsets(self, rtol: float) -> dict[tuple[str, str], torch.Tensor]:
+        """Each slot's mean residual, refused unless constant."""
+        offsets = {}
+        for (site, slot), seen in self.seen.items():
+            if self.whole:
+                offset, spread, scale = seen
+            else:
+                total, least, most, scale = seen
+                offset = (total / self.rows).to(least.dtype)
+                spread = max((most - offset).max().item(), (offset - least).max().item())
+            scale = scale + 1e-6
+            if spread > rtol * scale * 10 + 1e-5:
+                raise ModelError(
+                    f"site {site!r} slot {slot!r}: its input is not the sum of its parents' "
+                    f"outputs plus a constant (deviation {spread:.3g} vs scale {scale:.3g}). "
+                    f"Declare the missing parent sites, or split the site so each slot reads a sum."
+                )
+            offsets[(site, slot)] = offset
+        return offsets
+
+
+class _ShortcutChecks:
+    """Which shortcut each site may use: the first option that gives ``_run``'s output on every check block
+    (clean slots; slots from other examples; shuffled contexts where sites read the raw input), decided chunk
+    by chunk of the calibration rows as if every row were checked at once.
+
+    A site's options are tried in order: those in a group by rank (each group checked for all its sites in
+    one call, the blocks' rows concatenated), then the others one by one. Per site the current option's
+    largest deviation and scale per block are kept; it is decided on the last chunk. An option whose call
+    raises or gives the wrong shape fails at once and the next is tried on the same chunk; one taken up
+    after the first chunk (or after the last) is ``pending``: checked again on every chunk, in another sweep."""
+
+    def __init__(self, adapter: ModelAdapter, rtol: float, last: int):
+        self.adapter, self.rtol, self.last = adapter, rtol, last
+        self.groups = adapter._shortcut_groups() if adapter._batched else []
+        grouped: dict[str, list[tuple[int, int]]] = {}
+        for index, (_, members) in enumerate(self.groups):
+            for name, k in members.items():
+                grouped.setdefault(name, []).append((k, index))
+        self.options: dict[str, list[tuple]] = {}
+        for site in adapter.sites.values():
+            if site.is_source:
+                continue
+            ranks = sorted(grouped.get(site.name, []))
+            taken = {k for k, _ in ranks}
+            alone = [k for k in range(len(adapter._shortcuts(site.name))) if k not in taken]
+            self.options[site.name] = [("group", k, g) for k, g in ranks] + [("alone", k) for k in alone]
+        self.at = {name: 0 for name in self.options}
+        self.since = {name: 0 for name in self.options}
+        self.deferred: set[str] = set()
+        self.seen: dict[str, dict] = {name: {} for name in self.options}
+        self.verified: dict[str, Callable] = {}
+        self.depth = max((k for _, members in self.groups for k in members.values()), default=-1)
+
+    def current(self, name: str):
+        if name in self.deferred or self.at[name] >= len(self.options[name]):
+            return None
+        return self.options[name][self.at[name]]
+
+    def run(self, blocks, index: int) -> None:
+        """Check every site's current option on these blocks (chunk ``index``)."""
+        adapter = self.adapter
+        context = None
+        bounds = _bounds([block[2] for block in blocks])
+        for k in range(self.depth + 1):
+            for g, (call, members) in enumerate(self.groups):
+                names = [name for name in members if name in self.options and self.current(name) == ("group", k, g)]
+                if not names:
+                    continue
+                if context is None:
+                    context = torch.cat([block[2] for block in blocks])
+                given = _Joined([block[1] for block in blocks],
+                                [(name, slot) for name in names for slot in adapter.sites[name].slots])
+                got = adapter._group_matches(call, given, context, names)
+                for name in names:
+                    self._record(name, index, None if got is None else
+                                 [(block[0], got[name][a:b], block[3][name]) for block, (a, b) in zip(blocks, bounds)])
+        for name in self.options:
+            while (option := self.current(name)) is not None and option[0] == "alone":
+                fn = adapter._shortcuts(name)[option[1]]
+                final = index == self.last and self.since[name] == 0
+                pieces = []
+                for label, given, context, expected in blocks:
+                    got = adapter._alone(fn, name, {slot: given[(name, slot)] for slot in adapter.sites[name].slots},
+                                         context)
+                    if got is None:
+                        pieces = None
+                        break
+                    pieces.append((label, got, expected[name]))
+                    if final and not close_enough(got, expected[name], self.rtol):
+                        break  # decided: it fails
+                self._record(name, index, pieces)
+                if self.current(name) == option:
+                    break
+
+    def _record(self, name: str, index: int, pieces) -> None:
+        if pieces is None or any(got.shape != expected.shape for _, got, expected in pieces):
+            return self._advance(name, index)
+        seen = self.seen[name]
+        for label, got, expected in pieces:
+            dev, scale = (got - expected).abs().max().item(), expected.abs().max().item()
+            was = seen.get(label, (dev, scale))
+            seen[label] = (max(dev, was[0]), max(scale, was[1]))
+        if index != self.last or self.since[name] > 0:
+            return None
+        if all(dev <= self.rtol * (scale + 1e-6) + 1e-5 for dev, scale in seen.values()):
+            self.verified[name] = self.adapter._shortcuts(name)[self.options[name][self.at[name]][1]]
+            self.at[name] = len(self.options[name])
+        else:
+            self._advance(name, index)
+        return None
+
+    def _advance(self, name: str, index: int) -> None:
+        self.at[name] += 1
+        self.seen[name] = {}
+        self.since[name] = index
+        if index == self.last and index > 0:
+            self.deferred.add(name)  # no rows of this sweep left to check it on
+
+    def pending(self) -> bool:
+        """Whether another sweep is needed; if so, its sites start over from the first chunk."""
+        todo = [name for name in self.options if self.at[name] < len(self.options[name])
+                and (name in self.deferred or self.since[name] > 0)]
+        for name in todo:
+            self.since[name], self.seen[name] = 0, {}
+        self.deferred.clear()
+        return bool(todo)
+
+
+class _Joined(Mapping):
+    """Slot values of several row blocks, each key's blocks concatenated only when it is read (a patched pass
+    reads one hook's slots at a time), so that no copy of every slot is made at once."""
+
+    def __init__(self, parts: list[dict], keys: list):
+        self.parts, self.keys_ = parts, list(keys)
+
+    def __getitem__(self, key):
+        return torch.cat([part[key] for part in self.parts])
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+
+def _bounds(pieces) -> list[tuple[int, int]]:
+    """(start, stop) rows of each piece once they are concatenated."""
+    out, start = [], 0
+    for piece in pieces:
+        out.append((start, start + len(piece)))
+        start += len(piece)
+    return out
+
+
+def _scratch(buffers: dict, like: torch.Tensor) -> torch.Tensor:
+    key = (tuple(like.shape), like.dtype, like.device)
+    if key not in buffers:
+        buffers[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+    return buffers[key]
+
+
+def _copied(values: dict) -> dict:
+    """The readings as tensors of their own, replaced one at a time (peak memory near one copy)."""
+    for key in list(values):
+        values[key] = values[key].clone()
+    return values
+
+
+def _versions(*readings: dict) -> list:
+    """The version counters of the readings (views share their base's): they move if anything writes into
+    a reading in place."""
+    return [value._version for values in readings for value in values.values() if not value.is_inference()]
+
+
+def _parent_sum(parents: tuple[str, ...], outputs, sums: dict):
+    """The sum of the parents' outputs, left to right (the same additions as summing them afresh), from
+    the longest prefix already in ``sums``; remembered there."""
+    if parents in sums:
+        return sums[parents]
+    start = next(i for i in range(len(parents), -1, -1) if parents[:i] in sums)
+    total = sums[parents[:start]]
+    for parent in parents[start:]:
+        total = total + outputs[parent]
+    sums[parents] = total
+    return total
+
+
+def close_enough(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
     if got.shape != expected.shape:
         return False
     scale = expected.abs().max().item() + 1e-6

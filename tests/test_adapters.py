@@ -283,3 +283,152 @@ def test_a_shortcut_wrong_only_on_later_rows_is_refused():
     for site in adapter.shortcuts:  # every kept shortcut reproduces the full pass on every row
         given = {slot: slots[(site, slot)] for slot in adapter.sites[site].slots}
         torch.testing.assert_close(adapter.run(site, given, inputs), outputs[site], atol=1e-4, rtol=1e-4)
+
+
+class _InPlaceNorm(nn.Module):
+    """A norm that scales its input in place first (legal: every pass hands it a fresh tensor). It fails on a
+    head input that is a broadcast view (one slot written to every head at once), and works on a real one."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        return self.norm(x.mul_(1.0))
+
+
+def test_the_shortcut_the_engine_runs_is_the_one_calibration_checked():
+    """Calibration checks a block's shortcuts together; the engine runs them one site at a time. Both must be
+    the same call (``_from_layer`` is ``_from_block`` for one site), so that a model on which one way of
+    writing the slots fails cannot pass calibration and then fail, or differ, in the engine."""
+    model = tiny_transformer(seed=6)
+    for block in model.blocks:
+        block.ln1 = _InPlaceNorm(block.ln1)
+    data = random_tokens(40, 4, 5)
+    adapter = HookedAdapter.for_transformer(model, 2, 2)
+    adapter.calibrate(data.inputs[:32])
+    assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}
+    outputs, slots = adapter._clean(data.inputs, True)
+    for site in adapter.shortcuts:  # the engine's call on one site gives the clean output
+        given = {slot: slots[(site, slot)] for slot in adapter.sites[site].slots}
+        torch.testing.assert_close(adapter.run(site, given, data.inputs), outputs[site], atol=1e-5, rtol=1e-5)
+    engine, reference = engine_and_reference(_every_site_tree(), adapter, data, torch.arange(6), seed=6)
+    torch.testing.assert_close(engine, reference, atol=1e-4, rtol=1e-4)
+
+
+class _Keeps(_Small):
+    """Keeps its last linear output and zeroes it at the start of the next pass (a cache reused in place):
+    readings of an earlier pass change under calibration's later ones."""
+
+    last = None
+
+    def forward(self, tokens):
+        if self.last is not None:
+            self.last.mul_(0.0)
+        e = self.hook_embed(self.embed(tokens))
+        h = self.hook_lin(self.lin(self.hook_lin_in(e.clone())))
+        self.last = h
+        return self.out(self.hook_out_in(e + h))
+
+
+def test_readings_a_model_later_writes_into_are_copied():
+    """Calibration holds the clean readings as the model's own tensors; one the model writes into during a later
+    pass is noticed (version counters) and calibration redone on copies, deciding what an honest model gets."""
+    torch.manual_seed(0)
+    honest = _Small().eval()
+    keeps = _Keeps().eval()
+    keeps.load_state_dict(honest.state_dict())
+    data = _small_data()
+    expected = HookedAdapter(honest, SMALL_SITES).calibrate(data)
+    got = HookedAdapter(keeps, SMALL_SITES).calibrate(data)
+    assert got.early_stops == expected.early_stops == {"embed", "lin", "output"}
+    assert got.uses_context == expected.uses_context
+    for key, offset in expected.offsets.items():
+        torch.testing.assert_close(got.offsets[key], offset)
+
+
+def _decided(calibration):
+    """What a calibration decided, in comparable form (shortcuts by the call and option they are)."""
+    shortcuts = {name: (fn.func.__name__, fn.keywords) for name, fn in calibration.shortcuts.items()}
+    return (shortcuts, calibration.early_stops, calibration.uses_context, calibration.n_positions,
+            calibration.rows, calibration.check_rows, calibration.rows_run)
+
+
+@pytest.mark.parametrize("rows_per_chunk", [10, 25])
+def test_calibration_in_chunks_decides_what_calibration_on_every_row_decides(rows_per_chunk):
+    """A memory budget that holds only a few rows' readings splits calibration into chunks (memory bounded by
+    the budget, not the rows) and changes nothing it decides: the same shortcuts, early stops, context use and
+    rows run (chunks add calls, not rows), the offsets to float32 rounding (their mean is summed across
+    chunks), and the same one bad row found wherever it lies."""
+    model = tiny_transformer(seed=3)
+    inputs = random_tokens(64, 4, 5, seed=2).inputs
+    whole_adapter = HookedAdapter.for_transformer(model, 2, 2)
+    whole = whole_adapter.calibrate(inputs)
+    assert whole.calls == {"clean": 2, "run_all": 1, "group": 3}  # one chunk: the calls calibration always made
+    chunked_adapter = HookedAdapter.for_transformer(model, 2, 2)
+    budget = rows_per_chunk * chunked_adapter.row_bytes(inputs)
+    chunked = chunked_adapter.calibrate(inputs, memory_budget=budget)
+    n_chunks = -(-64 // rows_per_chunk)
+    assert chunked.calls == {"clean": n_chunks + 1, "run_all": 1, "group": 3 * n_chunks}
+    assert _decided(chunked) == _decided(whole)
+    assert set(chunked.offsets) == set(whole.offsets)
+    for key, offset in whole.offsets.items():
+        torch.testing.assert_close(chunked.offsets[key], offset, rtol=1e-6, atol=1e-6)
+
+
+def test_a_chunked_calibration_refuses_a_shortcut_wrong_on_one_late_row():
+    """The clean shortcut check keeps its strength across chunks: a shortcut wrong on one row that lies in the
+    last chunk only is refused, as on every row at once."""
+    right = tiny_transformer(seed=4)
+    inputs = random_tokens(64, 4, 5, seed=1).inputs
+
+    class OneBadRow(TinyTransformer):
+        """Starting after the last block (the output site's shortcut) goes wrong on one residual."""
+        bad: float | None = None
+
+        def forward(self, tokens, start_at_layer=None):
+            logits = super().forward(tokens, start_at_layer)
+            if start_at_layer == self.cfg.n_layers and self.bad is not None:
+                hit = tokens[:, -1, 0] == self.bad
+                logits = torch.where(hit[:, None, None], 2 * logits, logits)
+            return logits
+
+    model = OneBadRow(right.cfg).eval()
+    model.load_state_dict(right.state_dict())
+    seen = {}
+    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.1.hook_resid_post",
+                                                  lambda v, hook: seen.__setitem__("resid", v.clone()))]):
+        model(inputs)
+    keys = seen["resid"][:, -1, 0]
+    assert (keys == keys[60]).sum() == 1
+    model.bad = keys[60].item()
+    for budget_rows in (None, 8):
+        adapter = HookedAdapter.for_transformer(model, 2, 2)
+        budget = None if budget_rows is None else budget_rows * adapter.row_bytes(inputs)
+        calibration = adapter.calibrate(inputs, memory_budget=budget)
+        # in 8 chunks: the first option fails by its values on the last chunk, so the second is checked in
+        # a second sweep over every chunk (8 more clean passes of 8 rows)
+        assert calibration.calls["clean"] == (2 if budget is None else 2 * (64 // 8) + 1)
+        assert calibration.shortcuts["output"].keywords["layer"] == 1  # not the start after the last block
+    model.bad = None
+    assert HookedAdapter.for_transformer(model, 2, 2).calibrate(inputs, memory_budget=budget) \
+        .shortcuts["output"].keywords["layer"] == 2  # the start after the last block, where it is right
+
+
+def test_a_chunked_calibration_refuses_a_slot_that_is_no_sum_with_the_same_figures():
+    """The decomposition check keeps its strength across chunks: the largest deviation and the scale it
+    reports are those of every row at once."""
+    from scrubbing.adapters.hooked import transformer_sites
+
+    model = tiny_transformer()
+    inputs = random_tokens(64, 4, 5).inputs
+    sites = [s for s in transformer_sites(2, 2) if s.name != "m0"]  # a writer to the residual stream left out
+    sites = [HookedSite(s.name, s.output, s.slots, tuple(p for p in s.parents if p != "m0")) for s in sites]
+    messages = []
+    for budget_rows in (None, 8):
+        adapter = HookedAdapter(model, sites)
+        budget = None if budget_rows is None else budget_rows * adapter.row_bytes(inputs)
+        with pytest.raises(ModelError, match="not the sum of its parents") as raised:
+            adapter.calibrate(inputs, memory_budget=budget)
+        messages.append(str(raised.value))
+    assert messages[0] == messages[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 from scrubbing import expect
-from scrubbing.checks import compare_to_baseline
+from scrubbing.checks import compare_to_baseline, regimes_needed
 from scrubbing.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,3 +111,14 @@ def test_pinned_verdict_regime_and_defined_figures_must_stay():
     now.update(verdict="inconclusive")
     failed = {c.name for c in compare_to_baseline(now, stored) if not c.passed}
     assert failed == {"pinned verdict", "pinned recovered (random)", "pinned worst-swap"}
+
+
+def test_a_pinned_check_runs_the_regimes_its_pinned_run_measured(tmp_path):
+    """pytest and the CLI judge a pinned file alike: regimes measured in the pinned run are run again."""
+    stored = {**_run(recovered=(0.8, 0.7, 0.9)), "hypothesis": "a claim"}
+    stored["regimes"]["worst-swap"] = dict(stored["regimes"]["random"])
+    pinned = tmp_path / "pinned.json"
+    pinned.write_text(json.dumps({"runs": [stored]}))
+    assert regimes_needed([], pinned, stored["hypothesis"]) == ["random", "worst-swap"]
+    assert regimes_needed([], pinned, "another claim") == ["random"]
+    assert regimes_needed([expect.abs_gap("<=", 0.1, regime="adversarial-join")]) == ["adversarial-join"]

@@ -162,6 +162,12 @@ def _vias(draw, sites, parent: str, child: str, claimed: set[str]):
     return draw(st.sampled_from(options)) if options else None
 
 
+def _unclaimed(draw, slots):
+    """A node's setting for its unclaimed inputs: the hypothesis's, one for the node, or one per slot (some slots)."""
+    choice = st.sampled_from(["draw", "reference"])
+    return draw(st.one_of(st.none(), choice, st.dictionaries(st.sampled_from(list(slots)), choice))) if slots else None
+
+
 @st.composite
 def hypotheses(draw, adapter):
     """A random hypothesis over the adapter's sites: nodes in site order, edges from earlier nodes upstream."""
@@ -170,7 +176,7 @@ def hypotheses(draw, adapter):
     chosen = sorted(draw(st.sets(st.sampled_from(names), max_size=min(4, len(names)))), key=names.index)
     claimed = set(chosen) | {adapter.output}
     positions = adapter.n_positions is not None
-    h = Hypothesis("random", allow_singletons=True)
+    h = Hypothesis("random", allow_singletons=True, unclaimed=draw(st.sampled_from(["draw", "reference"])))
     has_child: set[str] = set()
     for i, site in enumerate(chosen):
         parents = []
@@ -182,12 +188,18 @@ def hypotheses(draw, adapter):
                 continue
             slots = sites[site].slots
             into = draw(st.sampled_from([None, *[(s,) for s in slots], *([tuple(slots[:2])] if len(slots) > 2 else [])]))
-            parents.append(Edge(earlier, into=into, via=via))
+            kinds = st.integers(0, 3) if positions else st.sampled_from([0, 1, 3])  # no per-position classes
+            # sometimes the edge's own feature: the parent's value on this edge is drawn by it instead
+            feature = _feature(draw(kinds), draw(st.integers(2, 3)), draw(st.integers(0, 1))) if draw(st.booleans()) \
+                else None
+            parents.append(Edge(earlier, into=into, via=via, feature=feature))
             has_child.add(earlier)
         kind = draw(st.integers(0, 3)) if positions else draw(st.sampled_from([0, 1, 3]))  # no per-position classes
-        h.node(site, site, _feature(kind, draw(st.integers(2, 3)), draw(st.integers(0, 1))), parents=parents)
+        h.node(site, site, _feature(kind, draw(st.integers(2, 3)), draw(st.integers(0, 1))), parents=parents,
+               unclaimed=_unclaimed(draw, sites[site].slots))
     outputs = [n for n in chosen if n not in has_child or draw(st.integers(0, 3)) == 0]
-    h.output(parents=[Edge(n, via=_vias(draw, sites, n, adapter.output, claimed)) for n in outputs])
+    h.output(parents=[Edge(n, via=_vias(draw, sites, n, adapter.output, claimed)) for n in outputs],
+             unclaimed=_unclaimed(draw, sites[adapter.output].slots))
     return h
 
 
@@ -404,3 +416,19 @@ def test_chunked_execution_equals_one_chunk(small):
     whole = Engine(adapter, data, chunk_refs=1000).outputs(plan)
     chunked = Engine(adapter, data, chunk_refs=4, batch_size=3).outputs(plan)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_memory_budget_splits_references_into_chunks_with_the_same_outputs(small):
+    """A budget too small for every reference's recomputed rows at once makes smaller chunks, same numbers."""
+    model, data, adapter = small
+    h = Hypothesis("budget", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs % 2)
+    h.node("head", "a0.1", lambda d: d.inputs[:, 1] % 2, parents=["tok"])
+    h.node("reader", "a1.0", lambda d: d.inputs % 2, parents=[Edge("head", into="k"), Edge("tok", into="v")])
+    h.output(parents=["reader"])
+    plan = bound_and_plan(h, adapter, data, torch.arange(20), seed=3)[1]
+    whole = Engine(adapter, data)
+    expected = whole.outputs(plan)
+    small_budget = Engine(adapter, data, memory_budget=4096)
+    torch.testing.assert_close(small_budget.outputs(plan), expected, atol=1e-5, rtol=1e-5)
+    assert whole.stats["chunks"] == 1 < small_budget.stats["chunks"]

@@ -75,22 +75,27 @@ def _work(n_layers: int) -> dict[str, int]:
     engine = Engine(adapter, data)
     engine.outputs(plan)
     return {"terms_built": built["n"], "term_walks": _CountedSlots.walks,
-            "requested_rows": engine.stats["requested_rows"], "sites": len(adapter.sites)}
+            "requested_rows": engine.stats["requested_rows"], "gathered_rows": engine.stats["gathered_rows"],
+            "computed_rows": engine.stats["computed_rows"], "model_calls": engine.stats["model_calls"],
+            "sites": len(adapter.sites)}
 
 
 def test_plan_and_recipe_work_grow_linearly_with_layers():
     """Count the work (Recompute terms the plan builds, walks over a term's slots by anything in the engine,
-    rows requested), not the time: the work each added site brings stays flat from 2 to 12 layers. A tree
+    rows requested, rows gathered into slot sums, rows computed, model calls), not the time: the work each added site brings stays flat from 2 to 12 layers. A tree
     walk of the recipes (the paths through a residual stream) doubles with every layer."""
     work = {n: _work(n) for n in (2, 4, 8, 12)}
-    for key in ("terms_built", "term_walks", "requested_rows"):
+    for key in ("terms_built", "term_walks", "requested_rows", "gathered_rows", "computed_rows", "model_calls"):
         # the work each added site brings: constant (linear growth), where a tree walk's would double per layer
         slope = {(a, b): (work[b][key] - work[a][key]) / (work[b]["sites"] - work[a]["sites"])
                  for a, b in ((2, 4), (4, 8), (8, 12))}
         assert slope[(8, 12)] <= 1.25 * slope[(4, 8)] and slope[(4, 8)] <= 1.25 * slope[(2, 4)], (key, slope, work)
         # a site is recomputed at most once per set of active edges (here 3: first, tok, both), per reference;
         # each term is walked a few times (parents, compile), never once per path through it
-        per = {"terms_built": 1, "term_walks": 3, "requested_rows": REFS}[key]
+        # a slot sum reuses the sum of the site before it, so each site's rows are gathered a few times per
+        # reference, not once per later site reading them; one model call per recomputed site
+        per = {"terms_built": 1, "term_walks": 3, "requested_rows": REFS, "gathered_rows": 2 * REFS,
+               "computed_rows": REFS, "model_calls": 1}[key]
         assert work[12][key] <= 3 * work[12]["sites"] * per, (key, work)
 
 
@@ -129,20 +134,46 @@ def _calibration_calls(n_layers: int, n_heads: int) -> dict[str, int]:
     model = tiny_transformer(n_layers=n_layers, n_heads=n_heads)
     data = random_tokens(64, 4, 5)
     adapter = _Counting(model, HookedAdapter.for_transformer(model, n_layers, n_heads).spec.values())
-    adapter.calibrate(data.inputs)
+    calibration = adapter.calibrate(data.inputs)
     assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}
+    assert calibration.calls == {"clean": adapter.counted["clean"], "run_all": adapter.counted["run_all"],
+                                 "group": adapter.counted["block"]}
+    # rows: the clean pass on all 64 and a stopped one on 4; the patched pass on two mixed halves of
+    # m = 64 / 8 rows; each block call on the 64 clean rows and the two halves
+    assert calibration.rows == 64 and calibration.check_rows == 8
+    assert calibration.rows_run == {"clean": 64 + 4, "run_all": 2 * 8, "group": (n_layers + 1) * (64 + 2 * 8)}
     return adapter.counted
 
 
 def test_calibration_makes_a_constant_number_of_passes():
-    """Full passes (clean, every-site-patched) do not depend on the number of sites; shortcut checks are a
-    few calls per block start (each runs one block), never one per site."""
+    """The stated cost (``ModelAdapter.calibrate``): one clean pass with slots and one stopped clean pass on 4
+    rows, one pass with every site patched, and one block call per block start (the blocks and the output),
+    each running about one block: about four clean passes of the calibration rows in all, whatever the number
+    of heads or layers. Never one call per site."""
     few, many_heads, many_layers = _calibration_calls(2, 2), _calibration_calls(2, 8), _calibration_calls(6, 2)
     assert few == many_heads, (few, many_heads)  # 4x the heads: the same calls
-    for kind in ("clean", "run_all"):
-        assert few[kind] == many_layers[kind] <= 4, (few, many_layers)
-    assert few.get("run", 0) == few.get("shortcut", 0) == many_layers.get("run", 0) == 0
-    assert many_layers["block"] <= 4 * (6 + 1)  # three checks and a half-mixed one per block start
+    for calls, n_layers in ((few, 2), (many_layers, 6)):
+        assert calls == {"clean": 2, "run_all": 1, "block": n_layers + 1}, calls
+
+
+def test_calibration_is_a_public_object_sized_to_the_references():
+    from dataclasses import FrozenInstanceError
+
+    from scrubbing.sites import calibration_rows
+
+    model = tiny_transformer()
+    data = random_tokens(300, 4, 5)
+    adapter = HookedAdapter.for_transformer(model, 2, 2)
+    adapter.clean(data.inputs[:8])
+    assert adapter.calibration is None and adapter.n_positions is None  # a clean pass decides nothing
+    rows = calibration_rows(len(data), n_refs=16)
+    calibration = adapter.calibrate(data)  # a Dataset: every row
+    assert adapter.calibration is calibration and calibration.rows == 300 and adapter.n_positions == 4
+    assert adapter.uses_context is calibration.uses_context is False
+    with pytest.raises(FrozenInstanceError):
+        calibration.rows = 1
+    assert (rows, calibration_rows(len(data), 100), calibration_rows(len(data)), calibration_rows(40, 100)) \
+        == (64, 100, 256, 40)
 
 
 class _SiteBySite(HookedAdapter):
@@ -161,8 +192,8 @@ def test_batched_calibration_decides_what_site_by_site_calibration_decides(small
     alone.calibrate(data.inputs[:32])
     assert set(alone.shortcuts) == set(batched.shortcuts)
     assert alone.early_stops == batched.early_stops and alone.uses_context == batched.uses_context
-    for key, offset in alone._offsets.items():
-        torch.testing.assert_close(offset, batched._offsets[key])
+    for key, offset in alone.calibration.offsets.items():
+        torch.testing.assert_close(offset, batched.calibration.offsets[key])
 
 
 # -- architectures through boot_transformers --------------------------------------------------------

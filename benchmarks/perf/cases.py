@@ -22,6 +22,7 @@ from scrubbing.adapters import HookedAdapter
 from scrubbing.models import TinyConfig, TinyTransformer
 from scrubbing.plan import Plan, make_plan
 from scrubbing.sampling import RandomSampler, class_tables
+from scrubbing.sites import calibration_rows
 from scrubbing.sites import Dataset
 from scrubbing.task import Task
 
@@ -40,7 +41,7 @@ class Case:
     notes: list[str] = field(default_factory=list)
 
 
-def _failure(what: str, exc: BaseException) -> str:
+def failure_line(what: str, exc: BaseException) -> str:
     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
     return f"{what} skipped: {last}"
 
@@ -51,8 +52,8 @@ def calibrated(task: Task) -> Task:
     model = getattr(adapter, "model", None)
     if model is not None:
         model.eval()
-    if getattr(adapter, "_offsets", None) is None:
-        adapter.calibrate(task.data.inputs[: min(len(task.data), 256)])
+    if getattr(adapter, "calibration", None) is None:
+        adapter.calibrate(task.data.inputs[: calibration_rows(len(task.data))])
     return task
 
 
@@ -66,7 +67,7 @@ def paren_task():
             return None, "paren task skipped: load_task() returned None"
         return calibrated(task), None
     except Exception as exc:  # noqa: BLE001 - someone else's file: report, do not crash
-        return None, _failure("paren task (benchmarks/paren_balance/task.py)", exc)
+        return None, failure_line("paren task (benchmarks/paren_balance/task.py)", exc)
 
 
 def induction_task():
@@ -75,7 +76,7 @@ def induction_task():
 
         return calibrated(load_task()), None
     except Exception as exc:  # noqa: BLE001
-        return None, _failure("induction task (benchmarks/induction/task.py)", exc)
+        return None, failure_line("induction task (benchmarks/induction/task.py)", exc)
 
 
 def hypotheses_from(path: str):
@@ -85,7 +86,7 @@ def hypotheses_from(path: str):
 
         return list(load(path).hypotheses), None
     except Exception as exc:  # noqa: BLE001
-        return None, _failure(f"hypotheses of {path}", exc)
+        return None, failure_line(f"hypotheses of {path}", exc)
 
 
 # -- synthetic ---------------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def ioi_large() -> Hypothesis:
 
 
 # -- the benchmark ------------------------------------------------------------------------------------
-def _vm_hwm_mb() -> float:
+def peak_rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -194,7 +194,7 @@ def measure(n_refs: int, n_data: int = 512, seed: int = 0, d_model: int = 768, n
             "calibration_over_clean": calibrate_s / clean_s,
             "execution_over_clean": (plan_s + execute_s) / clean_s,
             "engine_over_hand_loop_estimate": (calibrate_s + plan_s + execute_s) / (loop * clean_s),
-            "peak_rss_mb": _vm_hwm_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:

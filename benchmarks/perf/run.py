@@ -339,44 +339,24 @@ class TimedAdapter:
         return self._timed(self._adapter.run, *args, **kwargs)
 
 
-class TimedEngine(Engine):
-    """The engine with wall-clock timers around its phases and its model calls (the library is untouched)."""
-
-    def __init__(self, adapter, *args, **kwargs):
-        super().__init__(TimedAdapter(adapter), *args, **kwargs)
-        self.phases = {"clean_bank": 0.0}
-        self.sites: dict[str, dict] = {}
-
-    def _clean_bank(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return super()._clean_bank(*args, **kwargs)
-        finally:
-            self.phases["clean_bank"] += time.perf_counter() - start
-
-    def _compute(self, site, columns, rows, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return super()._compute(site, columns, rows, *args, **kwargs)
-        finally:
-            entry = self.sites.setdefault(site, {"rows": 0, "seconds": 0.0})
-            entry["rows"] += len(rows)
-            entry["seconds"] += time.perf_counter() - start
+def timed_engine(adapter, data) -> Engine:
+    """The engine on a timed adapter: its own ``seconds`` split the phases, the adapter times the model calls."""
+    return Engine(TimedAdapter(adapter), data)
 
 
 def profile_case(case: cases.Case, n_refs: int, log) -> dict:
     task = case.task
     plan = cases.plan_for(task, case.hypothesis, n_refs, seed=0)
     warm_up(task, plan)
-    engine = TimedEngine(task.adapter, task.data)
+    engine = timed_engine(task.adapter, task.data)
     total, _ = timed(lambda: engine.outputs(plan))
-    computed = sum(s["seconds"] for s in engine.sites.values())
-    phases = {"total_s": total, "clean_bank_s": engine.phases["clean_bank"], "site_compute_s": computed,
-              "compile_and_bookkeeping_s": total - computed - engine.phases["clean_bank"],
+    computed = sum(s["seconds"] for s in engine.seconds["sites"].values())
+    phases = {"total_s": total, "clean_bank_s": engine.seconds["clean_bank"], "site_compute_s": computed,
+              "compile_and_bookkeeping_s": total - computed - engine.seconds["clean_bank"],
               "model_calls_s": engine.adapter.model_s}
     phases["fractions"] = {k[:-2]: v / total for k, v in phases.items() if k != "total_s" and k.endswith("_s")}
     sites = {name: {**v, "fraction": v["seconds"] / total, "ms_per_row": 1000 * v["seconds"] / max(v["rows"], 1)}
-             for name, v in engine.sites.items()}
+             for name, v in engine.seconds["sites"].items()}
 
     profiler = cProfile.Profile()
     profiler.enable()
@@ -406,7 +386,7 @@ def adapter_probe(task, batch_size: int, reps: int = 3) -> dict:
     """
     adapter, model = task.adapter, task.adapter.model
     x = task.data.inputs[:batch_size]
-    _, slots = adapter._clean(x, True)
+    slots = adapter.clean_slots(x)
     slot = {"in": slots[(adapter.output, "in")]}
     ones = [task.data.inputs[i:i + 1] for i in range(64)]
     with torch.no_grad():
@@ -483,7 +463,7 @@ def main(argv=None) -> int:
             try:
                 by_case[case.key] = engine_case(case, n_refs, k, reps, log)
             except Exception as exc:  # noqa: BLE001 - a broken hypothesis file must not sink the suite
-                msg = cases._failure(f"case {case.key}", exc)
+                msg = cases.failure_line(f"case {case.key}", exc)
                 notes.append(msg)
                 log(f"[yellow]note:[/yellow] {msg}")
         results["engine_cases"] = by_case
@@ -504,7 +484,7 @@ def main(argv=None) -> int:
             try:
                 tl[key] = tl_case(key, task, n_refs, reps, log)
             except Exception as exc:  # noqa: BLE001
-                msg = cases._failure(f"TL comparison on {key}", exc)
+                msg = cases.failure_line(f"TL comparison on {key}", exc)
                 notes.append(msg)
                 log(f"[yellow]note:[/yellow] {msg}")
         results["tl_cases"] = tl

@@ -20,6 +20,7 @@ from torch import nn
 
 from scrubbing import EXACT, Edge, Hypothesis
 from scrubbing.adapters import TorchModuleAdapter
+from scrubbing.features import column
 from scrubbing.sites import Dataset
 from scrubbing.task import Task
 
@@ -107,14 +108,6 @@ def logic_task(spread: bool = False) -> Task:
     adapter = TorchModuleAdapter(model, sites, output="readout")
     name = "logic-spread" if spread else "logic"
     return Task(name, adapter, logic_data(), _ce, "a = b0 AND b1, b = b2 XOR b3, label = a OR b")
-
-
-def column(name: str):
-    """A feature that reads one dataset column."""
-    def feature(data: Dataset) -> torch.Tensor:
-        return data.columns[name]
-    feature.name = name
-    return feature
 
 
 def logic_hypotheses() -> dict[str, Hypothesis]:

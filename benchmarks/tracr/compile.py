@@ -9,7 +9,7 @@ a separate environment with the ``tracr`` extra (see ``benchmarks/tracr/README.m
 
 Each fixture is the converted ``TinyTransformer`` (``model.safetensors``), every input
 with tracr's own outputs and each operation's value (``data.safetensors``) and the
-operations metadata (``fixture.json``); ``compile_program`` checks that the converted
+operations metadata (``fixture.json``); ``compiler.compile_program`` checks that the converted
 model reproduces tracr's outputs on every input before anything is written.
 """
 
@@ -62,12 +62,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(FIXTURES))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from scrubbing.tracr import compile_program
+    from benchmarks.tracr.compiler import compile_program, save_fixture
 
     for name in args.names:
         program, vocab, max_seq_len = PROGRAMS[name]()
         fixture = compile_program(program, vocab, max_seq_len, compiler_bos="BOS", name=name)
-        path = fixture.save(Path(args.out) / name)
+        path = save_fixture(fixture, Path(args.out) / name)
         size = sum(f.stat().st_size for f in path.iterdir())
         layers = ", ".join(f"{op} @ {rec['site']}" for op, rec in fixture.ops.items())
         print(f"{name}: {fixture.meta['n_examples']} inputs, {fixture.model.cfg.n_layers} layers, "

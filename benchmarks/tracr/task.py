@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from scrubbing.adapters import HookedAdapter
+from scrubbing.errors import ScrubError
 from scrubbing.sites import Dataset
 from scrubbing.task import Task
 from scrubbing.tracr import TracrFixture, check_fixture, load_fixture
@@ -41,7 +42,9 @@ def load(name: str) -> TracrFixture:
     """A shipped fixture by name (``benchmarks/tracr/fixtures/<name>``)."""
     path = FIXTURES / name
     if not path.is_dir():
-        raise FileNotFoundError(f"no tracr fixture {name!r} in {FIXTURES}; known: {sorted(p.name for p in FIXTURES.iterdir())}")
+        known = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
+        raise ScrubError(f"no tracr fixture {name!r} in {FIXTURES}; use one of {known} (or compile it: "
+                         "benchmarks/tracr/compile.py).")
     return load_fixture(path)
 
 

@@ -16,7 +16,7 @@ from functools import partial
 import torch
 
 from ..errors import ModelError
-from ..sites import ModelAdapter, Site, _close
+from ..sites import ModelAdapter, Site, close_enough
 
 
 class _Captured(Exception):
@@ -33,13 +33,10 @@ class HookRef:
     def read(self, value: torch.Tensor) -> torch.Tensor:
         return value if self.head is None else value[:, :, self.head]
 
-    def write(self, value: torch.Tensor, new: torch.Tensor, others_matter: bool = True) -> torch.Tensor:
-        """``value`` with this ref's part replaced by ``new``; when no other head's part will be
-        read (the site is this one head), every head gets ``new``, which saves a copy."""
+    def write(self, value: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``value`` with this ref's part replaced by ``new``."""
         if self.head is None:
             return new.to(value.dtype)
-        if not others_matter:
-            return new.to(value.dtype).unsqueeze(2).expand_as(value)
         value = value.clone()
         value[:, :, self.head] = new.to(value.dtype)
         return value
@@ -105,7 +102,6 @@ class HookedAdapter(ModelAdapter):
         self.spec = {s.name: s for s in sites}
         self.sites = {s.name: Site(s.name, tuple(s.slots), s.parents) for s in sites}
         self.output = output
-        self.n_positions = None
         self._positional = positional
         can_start = "start_at_layer" in inspect.signature(model.forward).parameters
         self._skippable = _skippable_blocks(model) if can_start else []
@@ -136,10 +132,35 @@ class HookedAdapter(ModelAdapter):
                                              parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
                                              n_kv_heads=getattr(cfg, "n_key_value_heads", None)))
 
-    def _clean(self, inputs, slots_too, upto=None, copy=False):
+    def _positions(self, outputs):
+        return outputs[self.output].shape[1] if self._positional else None
+
+    def row_bytes(self, inputs):
+        """About the bytes one row's clean readings take (calibration sizes its chunks by it): each output and
+        slot read is ``d_model`` wide per position (attention hooks per head), the logits ``d_vocab``; None for
+        a model without a TransformerLens-style ``cfg``."""
+        cfg = getattr(self.model, "cfg", None)
+        d_model = getattr(cfg, "d_model", None)
+        if not d_model:
+            return None
+        d_vocab = getattr(cfg, "d_vocab_out", -1) or -1
+        d_vocab = d_vocab if d_vocab > 0 else getattr(cfg, "d_vocab", d_model)
+        reads = sum((spec.output is not None) + len(spec.slots) for spec in self.spec.values())
+        size = next((p.element_size() for p in self.model.parameters()), 4)
+        positions = inputs.shape[1] if inputs.dim() > 1 else 1
+        return positions * size * (reads * d_model + d_vocab)
+
+    def _calibration_pass(self, inputs):
+        """The clean pass with slots, also recording the order in which the output hooks fire."""
+        trace: list[str] = []
+        outputs, slots = self._clean(inputs, True, trace=trace)
+        return outputs, slots, trace
+
+    def _clean(self, inputs, slots_too, upto=None, copy=False, trace=None):
         """Readings are views of the model's tensors (no copy, as in TransformerLens's caches);
         should the model modify one in place after its hook, the pass is redone with copies.
-        With ``upto``, only the sites up to it are read and the pass stops at its output."""
+        With ``upto``, only the sites up to it are read and the pass stops at its output. With ``trace``
+        (a list), the names of the output hooks are appended to it as they fire."""
         names = list(self.spec)
         wanted = names if upto is None else names[: names.index(upto) + 1]
         readings: dict = {}
@@ -152,6 +173,9 @@ class HookedAdapter(ModelAdapter):
         stop = self.spec[upto].output if upto is not None else None
         if stop is not None:
             hooks.append((stop.hook, self._raiser))
+        if trace is not None:
+            hooks += [(hook, partial(self._tracer, trace, hook)) for hook in
+                      dict.fromkeys(self.spec[name].output.hook for name in names if self.spec[name].output)]
         result = None
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
             try:
@@ -159,27 +183,34 @@ class HookedAdapter(ModelAdapter):
             except _Captured:
                 pass
         if any(version is not None and value._version != version for value, version in readings.values()):
-            return self._clean(inputs, slots_too, upto, copy=True)
+            if trace is not None:
+                trace.clear()
+            return self._clean(inputs, slots_too, upto, copy=True, trace=trace)
         outputs = {key: value for key, (value, _) in readings.items() if isinstance(key, str)}
         slots = {key: value for key, (value, _) in readings.items() if isinstance(key, tuple)}
         if result is not None:
             outputs[self.output] = result
-            if self._positional and self.n_positions is None:
-                self.n_positions = result.shape[1]
         return outputs, slots
 
     def _run(self, site, slot_inputs, inputs):
         return self._patched(site, slot_inputs, lambda: self.model(inputs))
 
     def _shortcuts(self, site):
-        alone = _alone(self.spec[site])
-        return [partial(self._from_layer, layer=layer, entry=entry, alone=alone, skip=skip)
+        return [partial(self._from_layer, layer=layer, entry=entry, skip=skip)
                 for layer, entry, skip in self._starts.get(site, [])]
+
+    def _from_layer(self, site, slot_inputs, inputs, layer: int, entry: str, skip: bool = False):
+        """Start the forward pass at block ``layer`` (TransformerLens's ``start_at_layer``) with the ``entry``
+        slot as the residual, the slot hooks overwriting everything the site reads: ``_from_block`` for this
+        one site, the very call calibration checks for a block's sites together."""
+        given = {(site, slot): value for slot, value in slot_inputs.items()}
+        return self._from_block(given, inputs, [site], layer=layer, entries={site: entry}, skip=skip)[site]
 
     def _shortcut_groups(self):
         """The shortcuts of every site that starts at the same block, checked in one call: option ``k`` of
-        each site's ``_shortcuts`` is ``_from_layer`` at ``_starts(site)[k]``; ``_from_block`` computes the
-        same for many sites at once (the block's heads and MLP in one block call)."""
+        each site's ``_shortcuts`` is ``_from_layer`` at ``_starts(site)[k]``, which is ``_from_block`` for
+        that site alone; ``_from_block`` computes it for many sites at once (the block's heads and MLP in one
+        block call)."""
         groups: dict[tuple[int, bool], dict[str, int]] = {}
         entries: dict[tuple[int, bool], dict[str, str]] = {}
         for name, starts in self._starts.items():
@@ -245,14 +276,14 @@ class HookedAdapter(ModelAdapter):
         parts: dict[str, list] = {}
         for name in names:
             for slot, ref in self.spec[name].slots.items():
-                parts.setdefault(ref.hook, []).append((ref, slot_inputs[(name, slot)]))
+                parts.setdefault(ref.hook, []).append((ref, (name, slot)))
         read = [name for name in names if self.spec[name].output is not None]
         returns = len(read) < len(names)
         store: dict[str, torch.Tensor] = {}
         hooks = [(self.spec[name].output.hook, self._collector(store, name, self.spec[name].output,
                                                                None if returns else len(read)))
                  for name in read]
-        hooks += [(hook, self._multi_writer(refs)) for hook, refs in parts.items()]
+        hooks += [(hook, self._multi_writer(refs, slot_inputs)) for hook, refs in parts.items()]
         result = None
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
             try:
@@ -268,18 +299,14 @@ class HookedAdapter(ModelAdapter):
                 out[name] = result
         return out
 
-    def _verify_early_stops(self, inputs, rtol: float) -> frozenset[str]:
-        """Where a clean pass may stop, from one traced pass: stopping at a site's output hook (its first
-        firing) reads every site up to it with a full pass's values iff each of their hooks has fired for
-        the last time by then. The deepest such stop is then run once and compared with a full pass;
-        should it differ, every stop is checked by running it (the generic check)."""
+    def _verify_early_stops(self, inputs, full, trace, rtol: float) -> frozenset[str]:
+        """Where a clean pass may stop, from the order the output hooks fired in calibration's clean pass
+        (``trace``): stopping at a site's output hook (its first firing) reads every site up to it with a
+        full pass's values iff each of their hooks has fired for the last time by then. The deepest such
+        stop is then run once and compared with the full pass; should it differ, every stop is checked by
+        running it (the generic check)."""
         names = list(self.spec)
-        events: list[str] = []
-        hooks = [(hook, partial(self._tracer, events, hook)) for hook in
-                 dict.fromkeys(self.spec[name].output.hook for name in names if self.spec[name].output)]
-        self.calls["clean"] = self.calls.get("clean", 0) + 1
-        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
-            self.model(inputs)
+        events = trace
         first: dict[str, int] = {}
         last: dict[str, int] = {}
         for i, hook in enumerate(events):
@@ -300,11 +327,10 @@ class HookedAdapter(ModelAdapter):
                 safe.add(name)
         deepest = [name for name in names if name in safe and self.spec[name].output is not None]
         if deepest:
-            full, _ = self._counted("clean", self._guarded, self._clean, inputs, False, None)
-            part, _ = self._counted("clean", self._guarded, self._clean, inputs, False, deepest[-1])
+            part, _ = self._counted("clean", len(inputs), self._guarded, self._clean, inputs, False, deepest[-1])
             upto = names[: names.index(deepest[-1]) + 1]
-            if not all(n in part and _close(part[n], full[n], rtol) for n in upto):
-                return super()._verify_early_stops(inputs, rtol)
+            if not all(n in part and close_enough(part[n], full[n], rtol) for n in upto):
+                return super()._verify_early_stops(inputs, full, trace, rtol)
         return frozenset(safe)
 
     @staticmethod
@@ -320,9 +346,11 @@ class HookedAdapter(ModelAdapter):
         return hook
 
     @staticmethod
-    def _multi_writer(refs: list):
-        """One hook writing several refs' values: per head in place, or the whole tensor at once."""
+    def _multi_writer(keyed: list, slot_inputs):
+        """One hook writing several refs' values: per head in place, or the whole tensor at once. Values are
+        looked up in ``slot_inputs`` when the hook fires (it may build them then: ``sites._Joined``)."""
         def hook(value, hook):
+            refs = [(ref, slot_inputs[key]) for ref, key in keyed]
             heads = [ref.head for ref, _ in refs]
             if None not in heads and sorted(heads) == list(range(value.shape[2])):
                 ordered = sorted(refs, key=lambda item: item[0].head)
@@ -332,18 +360,10 @@ class HookedAdapter(ModelAdapter):
             return value
         return hook
 
-    def _from_layer(self, site, slot_inputs, inputs, layer: int, entry: str, alone: bool, skip: bool = False):
-        """Start the forward pass at block ``layer`` (TransformerLens's ``start_at_layer``) with the
-        ``entry`` slot as the residual: the slot hooks overwrite everything the site reads."""
-        def call():
-            with self._skipping(layer if skip else 0):
-                return self.model(slot_inputs[entry], start_at_layer=layer)
-        return self._patched(site, slot_inputs, call, others_matter=not alone)
-
-    def _patched(self, site, slot_inputs, call, others_matter: bool = True):
+    def _patched(self, site, slot_inputs, call):
         """Run ``call`` with the site's slots overwritten, stopping once its output is read."""
         spec = self.spec[site]
-        hooks = [(ref.hook, self._writer(ref, slot_inputs[slot], others_matter)) for slot, ref in spec.slots.items()]
+        hooks = [(ref.hook, self._writer(ref, slot_inputs[slot])) for slot, ref in spec.slots.items()]
         captured: dict[str, torch.Tensor] = {}
         if spec.output is not None:
             hooks.append((spec.output.hook, self._stopper(captured, spec.output)))
@@ -368,9 +388,9 @@ class HookedAdapter(ModelAdapter):
         return hook
 
     @staticmethod
-    def _writer(ref: HookRef, new: torch.Tensor, others_matter: bool = True):
+    def _writer(ref: HookRef, new: torch.Tensor):
         def hook(value, hook):
-            return ref.write(value, new, others_matter)
+            return ref.write(value, new)
         return hook
 
     @staticmethod
@@ -383,14 +403,6 @@ class HookedAdapter(ModelAdapter):
             store["value"] = ref.read(value).detach()  # the pass ends here: nothing can change it after
             raise _Captured
         return hook
-
-
-def _alone(site: HookedSite) -> bool:
-    """Is the site one head whose slots are its own parts of distinct hooks? Then no other head's
-    value is read, and a slot may be written to every head at once."""
-    refs = list(site.slots.values())
-    return (site.output is not None and site.output.head is not None
-            and all(ref.head == site.output.head for ref in refs) and len({ref.hook for ref in refs}) == len(refs))
 
 
 def _passthrough(*args, **kwargs):

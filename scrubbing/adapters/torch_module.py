@@ -43,7 +43,6 @@ class TorchModuleAdapter(ModelAdapter):
         self.modules = {name: modules[name] for name in sites}
         self.sites = {name: Site(name, ("in",) if parents else (), tuple(parents)) for name, parents in sites.items()}
         self.output = output
-        self.n_positions = None
         self._positional = positional
         self._handles: list = []
 
@@ -65,9 +64,10 @@ class TorchModuleAdapter(ModelAdapter):
             pass
         finally:
             self.restore()
-        if self._positional and self.n_positions is None and self.output in outputs:
-            self.n_positions = outputs[self.output].shape[1]
         return outputs, slots
+
+    def _positions(self, outputs):
+        return outputs[self.output].shape[1] if self._positional else None
 
     def _run(self, site, slot_inputs, inputs):
         module = self.modules[site]

@@ -1,0 +1,169 @@
+"""Nodes beyond sites (``scrubbing/split.py``): subspaces, positions, dictionary latents and the residual stream.
+
+They are sites of a wrapper adapter, so the strongest check is the one every site gets: the engine equals the
+oracle on random hypotheses over them. Beside it: the pieces sum back to their site on data (and calibration
+refuses a split that does not), the residual stream is the model's own, and bad splits are refused by name.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from scrubbing import EXACT, Edge, Hypothesis, HypothesisError, ModelError
+from scrubbing.adapters import HookedAdapter
+from scrubbing.split import Dictionary, Positions, ResidualStream, Subspace, split_sites
+
+from .conftest import engine_and_reference, random_tokens, tiny_transformer
+from .test_differential import CASES, _check, hypotheses
+
+D_MODEL = 8
+
+
+def _sae(seed: int, m: int = 12) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"W_enc": torch.randn(D_MODEL, m, generator=g), "b_enc": 0.1 * torch.randn(m, generator=g),
+            "W_dec": torch.randn(m, D_MODEL, generator=g) / 3, "b_dec": 0.1 * torch.randn(D_MODEL, generator=g)}
+
+
+def _splits(kind: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    if kind == 0:
+        return [Subspace("a0.0", torch.randn(2, D_MODEL, generator=g), name="phi")]
+    if kind == 1:
+        return [ResidualStream(before="a1.0", readers="all")]
+    if kind == 2:
+        return [ResidualStream(before="a1.0"), Positions("resid@a1.0", [1])]
+    return [Dictionary("a0.1", *_sae(seed).values(), groups={"g": [0, 3, 5], "h": [7]})]
+
+
+@lru_cache(maxsize=16)
+def _wrapped(kind: int, seed: int):
+    model = tiny_transformer(seed=seed, n_layers=2, n_heads=2, n_ctx=3)
+    data = random_tokens(48, 3, 5, seed=seed)
+    base = HookedAdapter.for_transformer(model, 2, 2)
+    adapter = split_sites(base, *_splits(kind, seed))
+    adapter.calibrate(data.inputs[:32])
+    return adapter, data
+
+
+@settings(max_examples=max(CASES // 3, 10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.integers(0, 3), model_seed=st.integers(0, 2), data=st.data(), seed=st.integers(0, 2**16))
+def test_engine_equals_reference_on_split_sites(kind, model_seed, data, seed):
+    adapter, dataset = _wrapped(kind, model_seed)
+    h = data.draw(hypotheses(adapter))
+    # the generator assumes the output reads every site directly; behind a residual stream it cannot always find a
+    # path for an output edge (via None), a hypothesis the binder refuses: skip those draws
+    assume(all(edge.via is not None for edge in h.nodes["output"].parents))
+    _check(adapter, dataset, h, data.draw, seed)
+
+
+@pytest.mark.parametrize("kind", range(4))
+def test_pieces_sum_back_and_the_graph_reads_them(kind):
+    adapter, data = _wrapped(kind, 0)
+    base = adapter
+    while hasattr(base, "base"):
+        base = base.base
+    clean, split = base.clean(data.inputs[:8]), adapter.clean(data.inputs[:8])
+    for name in base.sites:  # every site not split keeps its clean value
+        if name in split:
+            torch.testing.assert_close(split[name], clean[name])
+    if kind in (0, 3):
+        site = "a0.0" if kind == 0 else "a0.1"
+        pieces = [name for name in adapter.sites if name.startswith(f"{site}[")]
+        assert site not in adapter.sites and len(pieces) >= 2
+        torch.testing.assert_close(sum(split[p] for p in pieces), clean[site], atol=1e-5, rtol=1e-5)
+        readers = [s for s in adapter.sites.values() if set(pieces) <= set(s.parents)]
+        assert readers and all(site not in s.parents for s in adapter.sites.values())
+    else:
+        resid = adapter.sites["resid@a1.0"] if kind == 1 else None
+        if kind == 1:
+            assert set(resid.parents) == set(base.sites["a1.0"].parents)
+            assert adapter.sites["a1.0"].parents == adapter.sites["a1.1"].parents == ("resid@a1.0",)
+            assert "resid@a1.0" in adapter.sites["output"].parents
+            model = base.model  # the stream is the model's residual stream, up to a constant (the biases)
+            _, cache = model.run_with_cache(data.inputs[:8])
+            constant = cache["blocks.1.hook_resid_pre"] - split["resid@a1.0"]
+            torch.testing.assert_close(constant, constant[:1].expand_as(constant), atol=1e-5, rtol=1e-5)
+        else:
+            torch.testing.assert_close(split["resid@a1.0[pos 1]"][:, [0, 2]], torch.zeros_like(split["resid@a1.0[pos 1]"][:, [0, 2]]))
+            torch.testing.assert_close(split["resid@a1.0[pos 1]"] + split["resid@a1.0[rest]"],
+                                       sum(clean[p] for p in base.sites["a1.0"].parents), atol=1e-5, rtol=1e-5)
+
+
+def test_a_claim_through_a_piece_is_scrubbed_like_any_site():
+    """A subspace claim: the output reads a0.0 only through phi. Keeping phi exact and resampling the rest gives
+    the oracle's numbers, and differs from keeping all of a0.0 (the rest mattered in this random model)."""
+    adapter, data = _wrapped(0, 0)
+    h = Hypothesis("phi only", allow_singletons=True)
+    h.node("phi", "a0.0[phi]", EXACT)
+    h.output(parents=[Edge("phi", via="all")])
+    engine, reference = engine_and_reference(h, adapter, data, torch.arange(10), seed=2)
+    torch.testing.assert_close(engine, reference, atol=1e-4, rtol=1e-4)
+    whole = Hypothesis("phi and rest", allow_singletons=True)
+    whole.node("phi", "a0.0[phi]", EXACT).node("rest", "a0.0[rest]", EXACT)
+    whole.output(parents=[Edge("phi", via="all"), Edge("rest", via="all")])
+    both, _ = engine_and_reference(whole, adapter, data, torch.arange(10), seed=2)
+    assert (both - engine).abs().max() > 1e-4
+
+
+def test_calibration_refuses_pieces_that_do_not_sum_back(monkeypatch):
+    model = tiny_transformer(seed=0, n_layers=2, n_heads=2, n_ctx=3)
+    data = random_tokens(32, 3, 5)
+    adapter = split_sites(HookedAdapter.for_transformer(model, 2, 2), Subspace("a0.0", torch.ones(1, D_MODEL)))
+    split = Subspace.split
+    monkeypatch.setattr(Subspace, "split", lambda self, v: {k: x * 1.01 for k, x in split(self, v).items()})
+    with pytest.raises(ModelError, match="pieces of 'a0.0' do not sum back"):
+        adapter.calibrate(data.inputs)
+
+
+def test_by_default_only_the_named_site_reads_the_stream():
+    model = tiny_transformer(seed=0, n_layers=2, n_heads=2, n_ctx=3)
+    base = HookedAdapter.for_transformer(model, 2, 2)
+    adapter = split_sites(base, ResidualStream(before="a1.1"))
+    assert adapter.sites["a1.1"].parents == ("resid@a1.1",)
+    assert adapter.sites["a1.0"].parents == base.sites["a1.0"].parents
+    assert adapter.sites["output"].parents == base.sites["output"].parents
+    with pytest.raises(HypothesisError, match="reader 'a0.1' does not read every site"):
+        split_sites(base, ResidualStream(before="a1.1", readers=("a0.1",)))
+
+
+def test_bad_splits_are_refused_by_name(tmp_path):
+    model = tiny_transformer(seed=0, n_layers=2, n_heads=2, n_ctx=3)
+    base = HookedAdapter.for_transformer(model, 2, 2)
+    with pytest.raises(HypothesisError, match="unknown site 'a0.9'"):
+        split_sites(base, Subspace("a0.9", torch.ones(1, D_MODEL)))
+    with pytest.raises(HypothesisError, match="output site cannot be split"):
+        split_sites(base, Subspace("output", torch.ones(1, D_MODEL)))
+    with pytest.raises(HypothesisError, match="span only 1 dimensions"):
+        Subspace("a0.0", torch.ones(2, D_MODEL))
+    weights = _sae(0)
+    with pytest.raises(HypothesisError, match="latent 12, but there are 12 latents"):
+        Dictionary("a0.1", *weights.values(), groups={"g": [12]})
+    with pytest.raises(HypothesisError, match="latent 3 is in groups 'g' and 'h'"):
+        Dictionary("a0.1", *weights.values(), groups={"g": [3], "h": [3]})
+    path = tmp_path / "sae.safetensors"
+    save_file({k: v for k, v in weights.items() if k != "b_dec"}, str(path))
+    with pytest.raises(HypothesisError, match=r"no tensor \['b_dec'\]"):
+        Dictionary.load(path, "a0.1")
+    save_file(weights, str(path))
+    loaded = Dictionary.load(path, "a0.1", groups={"g": [1]})
+    torch.testing.assert_close(loaded.W_enc, weights["W_enc"])
+
+
+def test_fitted_subspaces():
+    model = tiny_transformer(seed=0, n_layers=2, n_heads=2, n_ctx=3)
+    data = random_tokens(64, 3, 5)
+    base = HookedAdapter.for_transformer(model, 2, 2)
+    pca = Subspace.fit(base, data, "a0.0", "pca", k=2)
+    assert pca.basis.shape == (D_MODEL, 2) and pca.name == "pca2"
+    torch.testing.assert_close(pca.basis.T @ pca.basis, torch.eye(2), atol=1e-5, rtol=1e-5)
+    reg = Subspace.fit(base, data, "embed", "regression", target="label", position=0, name="label")
+    assert reg.basis.shape == (D_MODEL, 1)
+    with pytest.raises(HypothesisError, match="needs target"):
+        Subspace.fit(base, data, "a0.0", "regression")
