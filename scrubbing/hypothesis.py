@@ -241,12 +241,15 @@ class Hypothesis:
         return lines
 
     def to_dict(self, adapter: ModelAdapter | None = None) -> dict:
-        """The hypothesis as JSON-safe data, for tools and the report's graph (which must not parse ``describe()``).
+        """The hypothesis as it is scrubbed, as JSON-safe data: for tools and the report's graph (which must not
+        parse ``describe()``).
 
-        One entry per node, in declaration order: ``name``, ``site``, ``feature`` (its name; None for the output),
-        ``exact``, and ``parents``: ``{"node", "slots" (the child's input slots the edge feeds; None: all), "via"
-        ("all", "direct" or a list of sites)}``. With ``adapter``, each node also gets ``order`` (its site's index in
-        the model's site list) and ``depth`` (the longest chain of sites from the raw input to it), so a drawing can
+        Every edge feature is stated as the node ``bind`` makes of it (``lower_edge_features``: a copy of the
+        parent, named ``parent->child.slots``, with ``copy_of`` naming the parent). One entry per node, in
+        declaration order: ``name``, ``site``, ``feature`` (its name; None for the output), ``exact``, and
+        ``parents``: ``{"node", "slots" (the child's input slots the edge feeds; None: all), "via" ("all",
+        "direct" or a list of sites)}``. With ``adapter``, each node also gets ``order`` (its site's index in the
+        model's site list) and ``depth`` (the longest chain of sites from the raw input to it), so a drawing can
         lay nodes out by where the model computes them."""
         depth: dict[str, int] = {}
         order: dict[str, int] = {}
@@ -254,12 +257,16 @@ class Hypothesis:
             for i, site in enumerate(adapter.sites.values()):  # topologically ordered (ModelAdapter)
                 order[site.name] = i
                 depth[site.name] = 1 + max((depth[p] for p in site.parents if p in depth), default=-1)
+        copy_of = {edge_node_name(e, n.name): e.parent for n in self.nodes.values() for e in n.parents
+                   if e.feature is not None}
         nodes = []
-        for node in self.nodes.values():
+        for node in lower_edge_features(self).nodes.values():
             item = {"name": node.name, "site": node.site, "feature": None if node.name == OUTPUT else node.feature_name,
                     "exact": isinstance(node.feature, Exact),
                     "parents": [{"node": e.parent, "slots": None if e.into is None else list(e.into),
                                  "via": e.via if isinstance(e.via, str) else list(e.via)} for e in node.parents]}
+            if node.name in copy_of:
+                item["copy_of"] = copy_of[node.name]
             site = adapter.output if adapter is not None and node.name == OUTPUT else node.site
             if site in depth:
                 item.update(order=order[site], depth=depth[site])

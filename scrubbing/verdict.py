@@ -16,8 +16,8 @@ interval lies beyond, and is *unclear* otherwise. Then, per regime:
     holds         both hold
     inconclusive  anything else (intervals too wide, or no behaviour to explain)
 
-and over the regimes that ran: refuted if any regime refutes (naming it; an adversary's refutation counts),
-else cancels if any regime cancels, else holds if every regime holds, else inconclusive.
+and ``RUN_RULE`` over the regimes (an adversary's refutation counts). ``reasons`` gives each verdict in words: the
+faces print those, never a wording of their own.
 
 Why per-example recovered and not the noise floor: in the canonical cancellation (B = ±C resampled) E[|Δloss|]
 *equals* the noise floor, since the clean run is just one more resample; what tells cancellation from a node
@@ -76,28 +76,42 @@ def _band(ci, tolerance: float, two_sided: bool) -> str:
     return "unclear"
 
 
+def reasons(tolerance: float = DEFAULT_TOLERANCE) -> dict[str, str]:
+    """Each regime verdict in words, as ``judge_regime`` gives it and as the faces explain it."""
+    floor, ceiling = f"{round(100 * (1 - tolerance))}%", f"{round(100 * (1 + tolerance))}%"
+    return {
+        "holds": f"% recovered and per-example recovered both at least {floor}",
+        "refuted": f"% recovered lies clearly outside {floor}–{ceiling}",
+        "cancels": f"the mean looks explained, but per-example recovered lies clearly below {floor}",
+        "inconclusive": "an interval straddles the tolerance: more references would decide it",
+    }
+
+
+RUN_RULE = ("over the regimes that ran: refuted if any regime refutes (naming it), else cancels if any regime "
+            "cancels, else holds if every regime holds, else inconclusive")
+
+
 def judge_regime(figures: dict, tolerance: float = DEFAULT_TOLERANCE) -> RegimeVerdict:
     """One regime's verdict from its JSON figures (``recovered_ci``, ``per_example_recovered_ci``)."""
     mean = _band(figures.get("recovered_ci"), tolerance, two_sided=True)
     per_example = _band(figures.get("per_example_recovered_ci"), tolerance, two_sided=False)
-    pct = f"{round(100 * (1 - tolerance))}%"
+    why = reasons(tolerance)
     if mean == "moves":
-        return RegimeVerdict("refuted", mean, per_example, f"% recovered lies clearly outside {pct}–"
-                                                           f"{round(100 * (1 + tolerance))}%")
+        return RegimeVerdict("refuted", mean, per_example, why["refuted"])
     estimate = figures.get("recovered")
     looks_fine = mean == "holds" or (mean == "unclear" and estimate is not None and abs(estimate - 1) <= tolerance)
     if looks_fine and per_example == "moves":
-        return RegimeVerdict("cancels", mean, per_example,
-                             f"the mean looks explained, but per-example recovered lies clearly below {pct}")
+        return RegimeVerdict("cancels", mean, per_example, why["cancels"])
     if mean == "holds" and per_example == "holds":
-        return RegimeVerdict("holds", mean, per_example, f"% recovered and per-example recovered both at least {pct}")
+        return RegimeVerdict("holds", mean, per_example, why["holds"])
     if mean == "undefined":
-        why = "% recovered is undefined: the model does no measurably better than the baseline"
+        floor = f"{round(100 * (1 - tolerance))}%"
+        text = "% recovered is undefined: the model does no measurably better than the baseline"
         if per_example == "moves":
-            why += f" (per-example recovered lies clearly below {pct}: each example's loss does move)"
+            text += f" (per-example recovered lies clearly below {floor}: each example's loss does move)"
     else:
-        why = "an interval straddles the tolerance: more references would decide it"
-    return RegimeVerdict("inconclusive", mean, per_example, why)
+        text = why["inconclusive"]
+    return RegimeVerdict("inconclusive", mean, per_example, text)
 
 
 def judge_run(regimes: dict[str, dict], tolerance: float = DEFAULT_TOLERANCE) -> Verdict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import fcntl
+import html
 import json
 import os
 import re
@@ -21,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from scrubbing.regimes import REGISTRY
 from scrubbing.report import render_html
 from scrubbing.report.__main__ import main as render_main
+from scrubbing.report.text import regime_help
 
 DATA = Path(__file__).parent / "data" / "report.json"  # real runs (tests/data/make_report.py), checked in
 
@@ -66,8 +69,12 @@ def test_render_html_has_table_charts_and_graph(report):
     assert page.count('<div class="adversary') == n_rows
 
     # The run with only `random`: the other regimes say so in the table, the charts and the adversary cards.
-    assert re.search(r'data-run="3" data-regime="worst-swap"><td class="regime">worst-swap</td>'
-                     r'<td colspan="8" class="not-run">not run</td>', page)
+    assert list(runs[3]["regimes"]) == list(REGISTRY)  # every regime the registry knows, in its order
+    for name in list(REGISTRY)[1:]:
+        assert re.search(f'data-run="3" data-regime="{name}"><td class="regime">{name}</td>'
+                         '<td colspan="8" class="not-run">not run</td>', page)
+    for name in REGISTRY:  # each regime explained in its own words
+        assert f'<p class="help">{html.escape(regime_help(name))}</p>' in page
     # Cancellation: the cancel task's false claim is flagged, the true logic circuit is not.
     cancels = [i for i, run in enumerate(runs) for reg in run["regimes"].values()
                if reg["status"] == "ok" and reg["cancels"]]
@@ -94,29 +101,84 @@ def test_render_html_has_table_charts_and_graph(report):
 
 
 def _boxes(svg: str) -> dict[str, tuple[float, float, float, float]]:
-    return {name: tuple(map(float, box)) for name, *box in re.findall(
+    return {html.unescape(name): tuple(map(float, box)) for name, *box in re.findall(
         r'<g class="node[^"]*" data-node="([^"]+)"><title>[^<]*</title><rect x="([\d.]+)" y="([\d.]+)" '
         r'width="([\d.]+)" height="([\d.]+)"', svg)}
 
 
-def test_graph_of_70_nodes_is_layered_by_model_depth(report):
-    """The refined induction claim (70 nodes): columns follow the model (embed, layer 0, layer 1, output), the
-    nodes of a site share its box, no two nodes overlap, and the drawing keeps its size instead of one long row."""
+def _overlap(a, b) -> bool:
+    (xa, ya, wa, ha), (xb, yb, wb, hb) = a, b
+    return not (xa + wa <= xb or xb + wb <= xa or ya + ha <= yb or yb + hb <= ya)
+
+
+def test_graph_of_the_refined_induction_claim_is_layered_by_model_depth(report):
+    """The refined induction claim (65 nodes, its edge features stated as nodes): columns follow the model
+    (embed, layer 0, layer 1, output), the nodes of a site share its box, and the drawing keeps its size."""
     run = report["runs"][4]
-    assert len(run["graph"]["nodes"]) == 70
+    assert len(run["graph"]["nodes"]) == 65
     svg = render_html({"runs": [run]}).split('<svg class="hypothesis-graph"')[1].split("</svg>")[0]
     boxes = _boxes(svg)
-    assert len(boxes) == 70
+    assert len(boxes) == 65
     x = {n: boxes[n][0] for n in boxes}
-    assert x["embed@out"] < x["a0.0@out"] == x["a0.3->a1.2.v"] < x["a1.0"] == x["a1.3"] < x["output"]
-    for a, (xa, ya, wa, ha) in boxes.items():
-        for b, (xb, yb, wb, hb) in boxes.items():
-            if a < b:
-                assert xa + wa <= xb or xb + wb <= xa or ya + ha <= yb or yb + hb <= ya, (a, b)
-    assert len(re.findall(r'<g class="group" data-site=', svg)) == 10
+    assert x["embed->a1.0.q"] < x["a0.0->a1.0.q"] == x["a0.3->a1.2.v"] < x["a1.0"] == x["a1.3"] < x["output"]
+    assert not any(_overlap(boxes[a], boxes[b]) for a in boxes for b in boxes if a < b)
+    assert len(re.findall(r'<g class="group" data-site=', svg)) == 10  # embed, a0.0-a0.3, a1.0-a1.3, output
     width = float(re.search(r'width="([\d.]+)"', svg)[1])
-    assert 600 < width < 1400  # four columns, not 52 boxes side by side
-    assert "hypothesis graph: 70 nodes at 10 sites" in render_html({"runs": [run]})
+    assert 600 < width < 1400  # four columns, not 65 boxes side by side
+    assert "hypothesis graph: 65 nodes at 10 sites" in render_html({"runs": [run]})
+
+
+def _seventy_nodes() -> dict:
+    """A made-up 70-node graph over five depths: long names and features, q/k/v slots, edges that skip columns,
+    a node with many parents, and sites that hold many nodes."""
+    nodes, depth_of = [], {}
+    for d, (site_count, per_site) in enumerate(((1, 13), (4, 5), (4, 6), (3, 4), (1, 1))):
+        for s in range(site_count):
+            site = f"L{d}.site_{s}" if d < 4 else "output"
+            for k in range(per_site):
+                name = "output" if d == 4 else f"{site}/node_{k}" + ("_with_a_long_name" if (s + k) % 3 == 0 else "")
+                parents = []
+                if d:
+                    lower = [n for n in nodes if depth_of[n["name"]] < d]
+                    for j in range(3 if d < 4 else 8):
+                        p = lower[(7 * len(nodes) + 5 * j) % len(lower)]
+                        parents.append({"node": p["name"], "slots": [["q"], ["k"], ["v"], None][j % 4], "via":
+                                        "direct" if j % 2 else "all"})
+                nodes.append({"name": name, "site": site, "feature": None if d == 4 else f"feature_{d}_{k}" * (1 + k % 2),
+                              "exact": k == 3, "parents": parents, "order": d * 10 + s, "depth": d})
+                depth_of[name] = d
+    assert len(nodes) == 70
+    return {"name": "seventy", "nodes": nodes}
+
+
+def test_graph_of_70_nodes_has_no_overlap_and_its_text_fits():
+    """70 nodes: every node inside its site's box, no two nodes or boxes overlapping, each label inside its node
+    (at the layout's width per character; the browser test measures the real text), the figure inside its viewBox."""
+    from scrubbing.report.graph import CHAR_W
+
+    data = _seventy_nodes()
+    svg = render_html({"runs": [{"hypothesis": "seventy", "graph": data, "regimes": {}}]})
+    svg = svg.split('<svg class="hypothesis-graph"')[1].split("</svg>")[0]
+    boxes = _boxes(svg)
+    assert len(boxes) == 70
+    assert not [(a, b) for a in boxes for b in boxes if a < b and _overlap(boxes[a], boxes[b])]
+    groups = {site: tuple(map(float, box)) for site, *box in re.findall(
+        r'<g class="group" data-site="([^"]+)"><rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', svg)}
+    assert len(groups) == 13
+    assert not [(a, b) for a in groups for b in groups if a < b and _overlap(groups[a], groups[b])]
+    site = {n["name"]: n["site"] for n in data["nodes"]}
+    for name, (x, y, w, h) in boxes.items():
+        gx, gy, gw, gh = groups[site[name]]
+        assert gx <= x and x + w <= gx + gw and gy <= y and y + h <= gy + gh, name
+    width, height = (float(v) for v in re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', svg).groups())
+    assert all(x + w <= width and y + h <= height for x, y, w, h in [*boxes.values(), *groups.values()])
+    for name, feature in re.findall(r'<tspan class="nname">([^<]*)</tspan>(?:<tspan class="nfeat" dx="6">([^<]*))?', svg):
+        name, feature = html.unescape(name), html.unescape(feature)
+        x, _, w, _ = boxes[name]
+        assert (len(name) + (len(feature) + 1 if feature else 0)) * CHAR_W + 7 <= w, name
+    assert {d["depth"] for d in data["nodes"]} == {0, 1, 2, 3, 4}
+    x = {n["depth"]: boxes[n["name"]][0] for n in data["nodes"]}
+    assert x[0] < x[1] < x[2] < x[3] < x[4]  # one column per depth, left to right
 
 
 def test_render_html_survives_sparse_reports():
@@ -259,20 +321,28 @@ _DOM_PROBE = """JSON.stringify({
   drawn: [...document.querySelectorAll('svg.gap-chart, svg.delta-hist, svg.hypothesis-graph')].every(
       el => { const r = el.getBoundingClientRect(); return r.width > 50 && r.height > 30; }),
   table_width: document.querySelector('table#summary').getBoundingClientRect().width,
-  // the 70-node graph (run 4): drawn at its own size in a box that scrolls, every label inside its node
-  big_graph: (() => {
-    const svg = document.querySelector('#run-4 svg.hypothesis-graph'), box = svg.closest('.graph-scroll');
-    const clipped = [...svg.querySelectorAll('g.node')].filter(g => {
+  // the large graphs (runs 4 and 5): drawn at their own size in a box that scrolls, every label inside its node
+  // and no two nodes overlapping, as the browser lays the text out
+  big_graphs: ['#run-4', '#run-5'].map(run => {
+    const svg = document.querySelector(run + ' svg.hypothesis-graph'), box = svg.closest('.graph-scroll');
+    const nodes = [...svg.querySelectorAll('g.node')];
+    const clipped = nodes.filter(g => {
       const r = g.querySelector('rect').getBBox(), t = g.querySelector('text').getBBox();
       return t.x < r.x || t.x + t.width > r.x + r.width + 0.5 || t.y < r.y || t.y + t.height > r.y + r.height + 0.5;
     }).map(g => g.dataset.node);
-    return {width: svg.getBoundingClientRect().width, natural: svg.width.baseVal.value,
-            scrolls: box.scrollHeight > box.clientHeight, clipped: clipped};
-  })(),
+    const rects = nodes.map(g => g.querySelector('rect').getBoundingClientRect());
+    const overlapping = [];
+    rects.forEach((a, i) => rects.slice(i + 1).forEach((b, j) => {
+      if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom)
+        overlapping.push([nodes[i].dataset.node, nodes[i + 1 + j].dataset.node]);
+    }));
+    return {nodes: nodes.length, width: svg.getBoundingClientRect().width, natural: svg.width.baseVal.value,
+            scrolls: box.scrollHeight > box.clientHeight, clipped: clipped, overlapping: overlapping};
+  }),
 })"""
 
 
-def _load(tools: _DevTools, url: str, shot: Path | None = None) -> tuple[dict, list[str]]:
+def _load(tools: _DevTools, url: str, shots: dict[str, Path] | None = None) -> tuple[dict, list[str]]:
     target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Runtime", "Log", "Page", "Network"):
@@ -283,22 +353,18 @@ def _load(tools: _DevTools, url: str, shot: Path | None = None) -> tuple[dict, l
     tools.drain(0.5)
     result = tools.send("Runtime.evaluate", {"expression": _DOM_PROBE, "returnByValue": True}, session=session)
     problems = _problems([e for e in tools.events if e.get("sessionId") in (None, session)])
-    if shot is not None:  # the 70-node graph at its natural size, for a person to judge
-        box = json.loads(tools.send("Runtime.evaluate", {"expression": (
-            "const r = document.querySelector('#run-4 svg.hypothesis-graph').getBoundingClientRect();"
-            "JSON.stringify({x: r.x + scrollX, y: r.y + scrollY, w: r.width, h: r.height})"), "returnByValue": True},
-            session=session)["result"]["value"])
-        tools.send("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 900, "deviceScaleFactor": 1,
-                                                          "mobile": False}, session=session)
+    if shots is not None:  # the large graphs at their natural size, for a person to judge
         tools.send("Runtime.evaluate", {"expression": "document.querySelectorAll('.graph-scroll').forEach("
-                                        "b => b.style.maxHeight = 'none')"}, session=session)
-        box = json.loads(tools.send("Runtime.evaluate", {"expression": (
-            "const q = document.querySelector('#run-4 svg.hypothesis-graph').getBoundingClientRect();"
-            "JSON.stringify({x: q.x + scrollX, y: q.y + scrollY, w: q.width, h: q.height})"), "returnByValue": True},
-            session=session)["result"]["value"])
-        data = tools.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": {
-            "x": box["x"], "y": box["y"], "width": box["w"], "height": box["h"], "scale": 1}}, session=session)
-        shot.write_bytes(base64.b64decode(data["data"]))
+                                        "b => { b.style.maxHeight = 'none'; b.style.overflow = 'visible'; })"},
+                   session=session)
+        for run, shot in shots.items():
+            box = json.loads(tools.send("Runtime.evaluate", {"expression": (
+                f"(q => JSON.stringify({{x: q.x + scrollX, y: q.y + scrollY, w: q.width, h: q.height}}))("
+                f"document.querySelector('{run} svg.hypothesis-graph').getBoundingClientRect())"),
+                "returnByValue": True}, session=session)["result"]["value"])
+            data = tools.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": {
+                "x": box["x"], "y": box["y"], "width": box["w"], "height": box["h"], "scale": 1}}, session=session)
+            shot.write_bytes(base64.b64decode(data["data"]))
     tools.send("Target.closeTarget", {"targetId": target})
     return json.loads(result["result"]["value"]) if "value" in result.get("result", {}) else result, problems
 
@@ -307,17 +373,21 @@ def test_html_report_in_headless_chromium(report, tmp_path):
     binary = _chromium()
     if binary is None:
         pytest.skip("no chromium binary on PATH (apt-get install chromium); .ci/run installs it")
+    report = copy.deepcopy(report)  # run 5: the made-up 70-node graph, on run 3's figures
+    report["runs"].append(dict(report["runs"][3], hypothesis="a made-up 70-node graph", graph=_seventy_nodes()))
     page = tmp_path / "report.html"
     page.write_text(render_html(report), encoding="utf-8")
-    # SCRUB_SCREENSHOT=DIR: keep a screenshot of the 70-node graph there, to look at
-    shots = os.environ.get("SCRUB_SCREENSHOT")
+    # SCRUB_SCREENSHOT=DIR: keep screenshots of the two large graphs there, to look at
+    where = os.environ.get("SCRUB_SCREENSHOT")
+    shots = {"#run-4": Path(where) / "graph-induction-refined.png", "#run-5": Path(where) / "graph-70-nodes.png"} \
+        if where else None
     canary = tmp_path / "canary.html"  # proves the error capture works: a page that must be caught
     canary.write_text('<!DOCTYPE html><title>c</title><img src="missing.png">'
                       '<script>console.error("canary"); throw new Error("boom")</script>')
     tools = _DevTools(binary, tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path))
     try:
         _, caught = _load(tools, canary.as_uri())
-        dom, problems = _load(tools, page.as_uri(), Path(shots) / "graph-70-nodes.png" if shots else None)
+        dom, problems = _load(tools, page.as_uri(), shots)
     finally:
         tools.close()
     assert any("canary" in c for c in caught) and any("boom" in c for c in caught), caught
@@ -328,8 +398,10 @@ def test_html_report_in_headless_chromium(report, tmp_path):
     assert dom["summary_rows"] == n_rows and dom["table_width"] > 600
     assert dom["gap_charts"] == n_runs and dom["graphs"] == n_runs and dom["hists"] == n_rows
     assert dom["hist_bars"] > n_rows and dom["graph_nodes"] >= 4 * n_runs
-    big = dom["big_graph"]
-    assert big["width"] == big["natural"] and big["scrolls"] and big["clipped"] == [], big
+    assert [big["nodes"] for big in dom["big_graphs"]] == [65, 70]
+    for big in dom["big_graphs"]:
+        assert big["width"] == big["natural"] and big["scrolls"], big
+        assert big["clipped"] == [] and big["overlapping"] == [], big
     assert dom["cancels"] >= 1 and dom["drawn"]
     assert dom["failed_red"] and all(_reddish(c) for c in dom["failed_red"]), dom["failed_red"]
 

@@ -10,10 +10,11 @@ from benchmarks.synthetic.tasks import (cancel_hypotheses, cancel_task, interact
                                         logic_hypotheses, logic_task)
 from scrubbing import EXACT, Hypothesis, Task, scrub
 from scrubbing.families import Refinement
+from scrubbing.regimes import REGISTRY
 
 from .conftest import adapter_for, random_tokens, tiny_transformer
 
-ALL = ("random", "adversarial-join", "worst-swap")
+ALL = tuple(REGISTRY)
 
 
 @pytest.fixture(scope="module")

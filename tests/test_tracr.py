@@ -17,10 +17,11 @@ import torch
 
 from benchmarks.tracr.task import NAMES, load, load_task
 from scrubbing import scrub, suite
+from scrubbing.regimes import REGISTRY
 from scrubbing.tracr import check_fixture, is_row_determined, true_hypothesis
 
 ROOT = Path(__file__).resolve().parents[1]
-REGIMES = ("random", "adversarial-join", "worst-swap")
+REGIMES = tuple(REGISTRY)
 HYPOTHESIS_FILES = {name: ROOT / "hypotheses" / f"tracr_{name}.py" for name in NAMES}
 
 

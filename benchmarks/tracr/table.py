@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import sys
 
-REGIMES = ("random", "adversarial-join", "worst-swap")
+from scrubbing.regimes import REGISTRY
+
+REGIMES = tuple(REGISTRY)  # one column per regime, in the registry's order
 
 
 def _cell(figures: dict) -> str:

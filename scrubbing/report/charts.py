@@ -6,11 +6,7 @@ from __future__ import annotations
 import math
 
 from .markup import el, f1, join
-from .text import finite, interval, number
-
-
-def _ok(reg: dict) -> bool:
-    return reg.get("status") == "ok"
+from .text import cancels, finite, interval, number, ok
 
 
 def _short(v: float) -> str:
@@ -26,7 +22,7 @@ def gap_chart(regimes: dict[str, dict]) -> str:
     plot_l, plot_r = label_w, width - right
     values = [0.0]
     for reg in regimes.values():
-        if _ok(reg):
+        if ok(reg):
             for key in ("loss_gap", "abs_gap", "noise_floor"):
                 values += [x for x in [reg.get(key), *(reg.get(key + "_ci") or [])] if finite(x)]
     lo, hi = min(values), max(values)
@@ -54,9 +50,9 @@ def gap_chart(regimes: dict[str, dict]) -> str:
     for name in names:
         reg = regimes[name]
         group = [el("text", {"class": "rlabel", "x": 6, "y": y + row_h - 3}, name)]
-        if reg.get("cancels") and _ok(reg):
+        if cancels(reg):
             group.append(el("text", {"class": "cancels-tag", "x": 6, "y": y + 2 * row_h - 5}, "CANCELS"))
-        if not _ok(reg):
+        if not ok(reg):
             group.append(el("text", {"class": "not-run", "x": plot_l + 8, "y": y + row_h + 4},
                             reg.get("status", "not run")))
         else:
@@ -123,11 +119,11 @@ def delta_hist(name: str, reg: dict) -> str:
     width, height, pad_l, pad_r, top, plot_h = 380, 178, 40, 10, 22, 96
     svg = {"class": "delta-hist", "data-regime": name, "viewBox": f"0 0 {width} {height}", "width": width,
            "height": height, "role": "img", "aria-label": f"per-example Δloss histogram, {name}"}
-    hist = reg.get("delta_histogram") if _ok(reg) else None
+    hist = reg.get("delta_histogram") if ok(reg) else None
     edges = (hist or {}).get("edges") or []
     counts = (hist or {}).get("counts") or []
     if not hist or len(edges) != len(counts) + 1 or not counts:
-        msg = reg.get("status", "not run") if not _ok(reg) else "no histogram"
+        msg = reg.get("status", "not run") if not ok(reg) else "no histogram"
         return el("svg", svg, el("rect", {"class": "frame", "x": pad_l, "y": top, "width": width - pad_l - pad_r,
                                           "height": plot_h}),
                   el("text", {"class": "not-run", "x": width / 2, "y": top + plot_h / 2 + 4, "text-anchor": "middle"},

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from .markup import el, f1
 
-_CHAR_W, _ROW_H, _ROW_GAP, _PORT = 6.7, 20, 4, 7  # px per character, node row, gap between rows, port spacing
+CHAR_W, _ROW_H, _ROW_GAP, _PORT = 6.7, 20, 4, 7  # px per character, node row, gap between rows, port spacing
+_SLOT_GAP = 5  # px between two slots' clusters of ports, so their labels (9.5 px type) do not touch
 _HEAD, _PAD, _GROUP_GAP, _COL_GAP, _MARGIN = 17, 5, 12, 96, 10
 _SLOTS = ("q", "k", "v")
 
@@ -77,7 +78,7 @@ class _Drawing:
         for k, (p, c, _) in enumerate(self.edges):
             self.ins[c].append(k)
             self.outs[p].append(k)
-        self.height_of = {n: max(_ROW_H, _PORT * len(self.ins[n]) + 6) for n in self.nodes}
+        self.height_of = {n: max(_ROW_H, self._ports_h(n) + 6) for n in self.nodes}
         # an edge that skips columns passes each skipped column on a lane of its own, between two sites
         self.lanes: list[list[int]] = [[] for _ in range(n_cols)]
         for k, (p, c, _) in enumerate(self.edges):
@@ -85,7 +86,7 @@ class _Drawing:
                 self.lanes[col].append(k)
         self.width_of = {n: self._text_width(n) for n in self.nodes}
         self.col_w = [max([self.width_of[n] + 2 * _PAD for g in groups[c].values() for n in g]
-                          + [len(s) * _CHAR_W + 2 * _PAD for s in groups[c]] + [40]) for c in range(n_cols)]
+                          + [len(s) * CHAR_W + 2 * _PAD for s in groups[c]] + [40]) for c in range(n_cols)]
         for n in self.nodes:  # one width per column: every edge leaves at the column's right side, past no box
             self.width_of[n] = self.col_w[self.column[n]] - 2 * _PAD
         self.col_x = []
@@ -157,24 +158,34 @@ class _Drawing:
         d = self.nodes[n]
         feature = _feature(d)
         slots = 9 if len({tuple(self.edges[k][2].get("slots") or ()) for k in self.ins[n]}) > 1 else 0
-        return max(60.0, (len(n) + (len(feature) + 2 if feature else 0)) * _CHAR_W + 18 + slots)
+        return max(60.0, (len(n) + (len(feature) + 2 if feature else 0)) * CHAR_W + 18 + slots)
 
     def _out_y(self, n: str) -> float:
         return self.top[n] + self.height_of[n] / 2
 
+    def _slot(self, k: int) -> str:
+        slots = self.edges[k][2].get("slots") or []
+        return slots[0] if len(slots) == 1 else ""
+
     def _in_order(self, n: str) -> list[int]:
         """Edges into ``n``, grouped by slot (q, k, v first), each group ordered by where its parent sits."""
         def key(k):
-            slots = self.edges[k][2].get("slots") or []
-            slot = slots[0] if len(slots) == 1 else ""
+            slot = self._slot(k)
             return (_SLOTS.index(slot) if slot in _SLOTS else len(_SLOTS), slot, self._out_y(self.edges[k][0]))
         return sorted(self.ins[n], key=key)
+
+    def _ports_h(self, n: str) -> float:
+        """Height of ``n``'s ports: one step per edge, and a gap between slots."""
+        return _PORT * len(self.ins[n]) + _SLOT_GAP * (len({self._slot(k) for k in self.ins[n]}) - 1)
 
     def _in_y(self, n: str, k: int) -> float:
         order = self._in_order(n)
         if len(order) == 1:
             return self._out_y(n)
-        return self.top[n] + 3 + _PORT * (order.index(k) + 0.5) + (self.height_of[n] - 6 - _PORT * len(order)) / 2
+        i = order.index(k)
+        gaps = sum(self._slot(a) != self._slot(b) for a, b in zip(order[:i], order[1:i + 1]))
+        return (self.top[n] + 3 + _PORT * (i + 0.5) + _SLOT_GAP * gaps
+                + (self.height_of[n] - 6 - self._ports_h(n)) / 2)
 
     def _x(self, n: str, side: str) -> float:
         c = self.column[n]
@@ -230,7 +241,7 @@ class _Drawing:
                + (" missing" if d.get("missing") else ""))
         slots = []
         for slot in _SLOTS:  # a label inside the box at each cluster of ports into one slot
-            ks = [k for k in self.ins[n] if (self.edges[k][2].get("slots") or []) == [slot]]
+            ks = [k for k in self.ins[n] if self._slot(k) == slot]
             if ks and len(self.ins[n]) > 1:
                 ys = [self._in_y(n, k) for k in ks]
                 slots.append(el("text", {"class": f"slot slot-{slot}", "x": f1(x + 4), "y": f1(sum(ys) / len(ys) + 3)},

@@ -19,21 +19,15 @@ from importlib.resources import files
 
 from .charts import delta_hist, gap_chart
 from .graph import graph, summary
+from ..verdict import DEFAULT_TOLERANCE, RUN_RULE, VERDICTS, reasons
 from .markup import Markup, el, join
-from .text import adversary_note, finite, interval, number, tail_text, verdict_detail
+from .text import adversary_note, cancels, finite, interval, number, ok, regime_help, tail_text, verdict_detail
 
 _CI_KEYS = ("scrubbed_loss", "loss_gap", "abs_gap", "noise_floor", "cancellation", "recovered", "per_example_recovered")
 _SHOWN_ELSEWHERE = {"status", "delta_histogram", "failed_expectations", "verdict", "cancels", "verdict_reason", "tail",
                     "refinements", "representatives", "classes", "unsplittable_classes", "budget",
                     *_CI_KEYS, *(k + "_ci" for k in _CI_KEYS)}
 _CSP = Markup("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'")
-
-_REGIME_HELP = {
-    "random": "causal scrubbing as published: resample uniformly within each class",
-    "adversarial-join": "an adversary refines the classes (join(H, H′)) to move the loss as far as it can",
-    "worst-swap": "every member of a class is swapped for the class's worst representative",
-}
-
 
 def render_html(report: dict) -> str:
     """The whole report as one HTML document (a string). Pure: reads only ``report``; every text is escaped."""
@@ -71,35 +65,36 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-_HELP = (
-    ("verdict", ["one per hypothesis, over every regime that ran: ", el("b", {}, "holds"),
-                 " (every regime within tolerance of\n100% recovered, in the mean and per example), ",
-                 el("b", {}, "refuted"), " (some regime, named, moves the mean clearly),\n", el("b", {}, "cancels"),
-                 " (the mean looks explained, the per-example change clearly is not), ", el("b", {}, "inconclusive"),
-                 " (intervals too\nwide to say, or no behaviour to explain)"]),
-    ("scrubbed loss", ["loss when the model runs on the treeified, resampled inputs"]),
-    ("E[loss] gap", ["scrubbed − model, averaged: what causal scrubbing has always reported"]),
-    ("E[|Δloss|] gap", ["average of |scrubbed − model| ", el("em", {}, "per example"),
-                        ": change that averages out is still change"]),
-    ("noise floor", ["E|scrub₁ − scrub₂| over two independent scrubs: how far one resample moves an example.\n"
-                     "Context for E[|Δloss|], not a pass mark"]),
-    ("per-example recovered", ["1 − E[|Δloss|] / E|baseline − model| per example: the per-example analogue\n"
-                               "of % recovered; far below it means per-example changes cancel in the mean"]),
-    ("cancel share", ["1 − |E[Δloss]| / E[|Δloss|]: near 1, the per-example changes cancel in the mean"]),
-    ("% recovered", ["(baseline − scrubbed) / (baseline − model); baseline = every input resampled at random"]),
-    (el("span", {"class": "flag cancels"}, "CANCELS"),
-     ["cancel share > 0.5 and the E[|Δloss|] gap's interval lies\nabove the noise floor's: scrubbing helps some "
-      "inputs and hurts others, and the mean hides it"]),
-    ("Δloss histograms", [el("span", {"class": "key down"}, "■"), " loss fell, ", el("span", {"class": "key up"}, "■"),
-                          " loss rose,\n", el("span", {"class": "key zero"}, "■"),
-                          " the bin around zero; mass on both sides of the zero line is cancellation.\nThe strip below "
-                          "each histogram: 5–95% range, box 25–75%, median"]),
-)
+def _help(tolerance: float) -> list:
+    """The page's glossary; the verdicts in the verdict rule's own words (``scrubbing.verdict``)."""
+    why = reasons(tolerance)
+    verdicts = [[el("b", {}, word), f" ({why[word]})", ", " if i < len(VERDICTS) - 1 else ""]
+                for i, word in enumerate(VERDICTS)]
+    return [
+        ("verdict", [f"one per hypothesis, {RUN_RULE}. Per regime: ", verdicts]),
+        ("scrubbed loss", ["loss when the model runs on the treeified, resampled inputs"]),
+        ("E[loss] gap", ["scrubbed − model, averaged: what causal scrubbing has always reported"]),
+        ("E[|Δloss|] gap", ["average of |scrubbed − model| ", el("em", {}, "per example"),
+                            ": change that averages out is still change"]),
+        ("noise floor", ["E|scrub₁ − scrub₂| over two independent scrubs: how far one resample moves an example.\n"
+                         "Context for E[|Δloss|], not a pass mark"]),
+        ("per-example recovered", ["1 − E[|Δloss|] / E|baseline − model| per example: the per-example analogue\n"
+                                   "of % recovered; far below it means per-example changes cancel in the mean"]),
+        ("cancel share", ["1 − |E[Δloss]| / E[|Δloss|]: near 1, the per-example changes cancel in the mean"]),
+        ("% recovered", ["(baseline − scrubbed) / (baseline − model); baseline = every input resampled at random"]),
+        (el("span", {"class": "flag cancels"}, "CANCELS"),
+         [why["cancels"], ": scrubbing helps some inputs and hurts others, and the mean hides it"]),
+        ("Δloss histograms", [el("span", {"class": "key down"}, "■"), " loss fell, ",
+                          el("span", {"class": "key up"}, "■"),
+                              " loss rose,\n", el("span", {"class": "key zero"}, "■"),
+                              " the bin around zero; mass on both sides of the zero line is cancellation.\nThe strip below "
+                              "each histogram: 5–95% range, box 25–75%, median"]),
+    ]
 
 
 def _header(runs: list[dict]) -> str:
     tasks = sorted({str(r.get("task", "?")) for r in runs})
-    n_cancels = sum(_cancels(reg) for r in runs for reg in _regimes(r).values())
+    n_cancels = sum(cancels(reg) for r in runs for reg in _regimes(r).values())
     n_failed = sum(_n_failed(r) for r in runs)
     counts = Counter(r.get("verdict") or "inconclusive" for r in runs)
     verdict = [el("span", {"class": f"verdict {v}"}, f"{n} {v}") for v, n in sorted(counts.items())]
@@ -110,7 +105,8 @@ def _header(runs: list[dict]) -> str:
     lede = el("p", {"class": "lede"}, f"{_plural(len(runs), 'hypothesis run')} on {', '.join(tasks) or 'no task'}.\n"
               "E[loss] gap and E[|Δloss|] gap side by side, each with its 95% paired-bootstrap interval. ",
               _spaced(verdict))
-    terms = [[el("dt", {}, term), el("dd", {}, *text), "\n"] for term, text in _HELP]
+    tolerance = runs[0].get("tolerance", DEFAULT_TOLERANCE) if runs else DEFAULT_TOLERANCE
+    terms = [[el("dt", {}, term), el("dd", {}, *text), "\n"] for term, text in _help(tolerance)]
     help_ = el("details", {"class": "help"}, el("summary", {}, "How to read this page"), "\n",
                el("dl", {}, "\n", terms), "\n")
     return el("header", {}, "\n", el("h1", {}, _title(runs)), "\n", lede, "\n", help_, "\n")
@@ -142,7 +138,7 @@ def _summary_table(runs: list[dict]) -> str:
                                    f"{number(run.get('model_loss'))} · baseline {number(run.get('baseline_loss'))}",
                                    el("br"), f"n={run.get('n_refs', '?')} seed={run.get('seed', '?')}")))
             cells.append(el("td", {"class": "regime"}, name))
-            if not _ok(reg):
+            if not ok(reg):
                 cells.append(el("td", {"colspan": 8, "class": "not-run"}, reg.get("status", "not run")))
             else:
                 cells += [
@@ -150,8 +146,8 @@ def _summary_table(runs: list[dict]) -> str:
                     _cell(reg, "noise_floor"), _cell(reg, "cancellation", digits=2),
                     _cell(reg, "recovered", percent=True), _cell(reg, "per_example_recovered", percent=True),
                     el("td", {"class": "flags"}, _flags(reg))]
-            cls = ("regime-row" + (" first" if j == 0 else "") + ("" if _ok(reg) else " skipped")
-                   + (" cancels" if _cancels(reg) else "") + (" failed" if reg.get("failed_expectations") else ""))
+            cls = ("regime-row" + (" first" if j == 0 else "") + ("" if ok(reg) else " skipped")
+                   + (" cancels" if cancels(reg) else "") + (" failed" if reg.get("failed_expectations") else ""))
             rows.append(el("tr", {"class": cls, "data-run": i, "data-regime": name}, cells))
     return el("section", {"class": "card"}, el("h2", {}, "Summary"),
               el("div", {"class": "scroll"}, el("table", {"id": "summary"}, el("thead", {}, head),
@@ -180,9 +176,8 @@ def _flags(reg: dict) -> list:
     if reg.get("verdict"):
         out.append(el("span", {"class": f"verdict small {reg['verdict']}", "title": reg.get("verdict_reason", "")},
                       reg["verdict"]))
-    if _cancels(reg):
-        out.append(el("span", {"class": "flag cancels", "title": "the mean is explained, the per-example change is not"},
-                      "CANCELS"))
+    if cancels(reg):
+        out.append(el("span", {"class": "flag cancels", "title": reg.get("verdict_reason", "")}, "CANCELS"))
     out += [el("div", {"class": "failed-expectation"}, f"FAIL {check}") for check in reg.get("failed_expectations") or []]
     note = adversary_note(reg)
     if note:
@@ -205,9 +200,9 @@ def _section(i: int, run: dict) -> str:
     for name, reg in regimes.items():
         short = _flags_short(reg)
         columns.append(el(
-            "div", {"class": "regime-col" + ("" if _ok(reg) else " skipped"), "data-regime": name},
+            "div", {"class": "regime-col" + ("" if ok(reg) else " skipped"), "data-regime": name},
             el("h4", {}, name, [" ", short] if short else None),
-            el("p", {"class": "help"}, _REGIME_HELP.get(name, "")),
+            el("p", {"class": "help"}, regime_help(name)),
             el("figure", {"class": "hist"}, el("figcaption", {}, "per-example Δloss = scrubbed − model"),
                delta_hist(name, reg)),
             _adversary(name, reg)))
@@ -238,14 +233,14 @@ def _graph_figure(i: int, run: dict) -> str:
 
 
 def _flags_short(reg: dict) -> str:
-    return join(el("span", {"class": "flag cancels"}, "CANCELS") if _cancels(reg) else None,
+    return join(el("span", {"class": "flag cancels"}, "CANCELS") if cancels(reg) else None,
                 el("span", {"class": "flag failed"}, "FAIL") if reg.get("failed_expectations") else None)
 
 
 def _section_flags(run: dict) -> list:
     out = [_verdict_badge(run, detail=False)]
     for name, reg in _regimes(run).items():
-        if _cancels(reg):
+        if cancels(reg):
             out.append(el("span", {"class": "flag cancels"}, f"CANCELS · {name}"))
         if reg.get("failed_expectations"):
             out.append(el("span", {"class": "flag failed"}, f"FAIL · {name}"))
@@ -277,28 +272,22 @@ def _expectations(run: dict) -> str:
 
 def _adversary(name: str, reg: dict) -> str:
     head = el("h5", {}, "what the adversary chose") if name != "random" else None
-    if not _ok(reg):
+    if not ok(reg):
         return el("div", {"class": "adversary skipped", "data-regime": name}, head,
                   el("p", {"class": "not-run"}, reg.get("status", "not run")))
-    parts = []
-    if "refinements" in reg:
-        ref = reg.get("refinements") or []
-        if ref:
-            parts += [el("p", {}, "joined refinements:"), el("ol", {"class": "refinements"},
-                                                              [el("li", {}, r) for r in ref])]
-        else:
-            parts.append(el("p", {"class": "quiet"}, "no refinement moved the loss"))
-    if reg.get("representatives") == {}:
-        parts.append(el("p", {"class": "quiet"}, "no resampled node: nothing to swap"))
-    elif isinstance(reg.get("representatives"), dict):
+    note = adversary_note(reg)  # the one note, as the table prints it; then what it is made of
+    parts = [el("p", {"class": "note"}, note)] if note else []
+    if reg.get("refinements"):
+        parts.append(el("ol", {"class": "refinements"}, [el("li", {}, r) for r in reg["refinements"]]))
+    if isinstance(reg.get("representatives"), dict) and reg["representatives"]:
         reps, classes = reg["representatives"], reg.get("classes") or {}
         small = reg.get("unsplittable_classes") or {}
         rows = [el("tr", {}, el("td", {}, node), el("td", {"class": "num"}, n,
                                                     f" / {classes[node]}" if node in classes else None),
                    el("td", {"class": "num"}, small.get(node, 0))) for node, n in reps.items()]
-        parts.append(el("table", {"class": "reps"},
-                        el("thead", {}, el("tr", {}, el("th", {}, "node"), el("th", {}, "classes swapped to worst rep."),
-                                           el("th", {}, "too small to split"))), el("tbody", {}, rows)))
+        columns = el("tr", {}, el("th", {}, "node"), el("th", {}, "classes swapped to worst rep."),
+                     el("th", {}, "too small to split"))
+        parts.append(el("table", {"class": "reps"}, el("thead", {}, columns), el("tbody", {}, rows)))
     budget = reg.get("budget")
     if isinstance(budget, dict) and budget:
         limit, used = budget.get("limit"), budget.get("used")
@@ -339,15 +328,6 @@ def _interval_text(run: dict, key: str) -> str:
 def _regimes(run: dict) -> dict[str, dict]:
     """The run's regimes, in the order the report gives them."""
     return {k: (v if isinstance(v, dict) else {"status": str(v)}) for k, v in (run.get("regimes") or {}).items()}
-
-
-def _ok(reg: dict) -> bool:
-    return reg.get("status") == "ok"
-
-
-def _cancels(reg: dict) -> bool:
-    """The regime's ``cancels``, as the verdict rule (``scrubbing.verdict``) set it in the report."""
-    return _ok(reg) and bool(reg.get("cancels"))
 
 
 def _n_failed(run: dict) -> int:

@@ -139,15 +139,19 @@ class Report:
             Path(path).write_text(text + "\n")
         return text
 
-    def table(self) -> "Table":
+    def table(self):
+        """The terminal table (``scrubbing.report.table``), a rich renderable."""
         from .table import table
 
         return table(self.runs)
 
     def print(self, console: Console | None = None) -> None:
+        """The table, at the terminal's width, or 100 columns into a log or a file."""
+        from .table import WIDTH
+
         console = console or Console()
         if not console.is_terminal:
-            console.width = max(console.width, 160)
+            console.width = WIDTH
         console.print(self.table())
 
     def to_html(self) -> str:

@@ -1,51 +1,61 @@
-"""The terminal table: one row per hypothesis × regime, each figure with its interval dimmed below it."""
+"""The terminal table, 100 columns wide: per hypothesis, its verdict and one row per regime that ran (each figure
+with its interval dimmed below it, as ``text.number``/``text.interval`` write them for the HTML page too), then
+one line of notes per regime under the rows, where a note can be as long as it needs without widening the table.
+"""
 
 from __future__ import annotations
 
-import math
-
+from rich import box
+from rich.console import Group
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from ..stats import Estimate
 from ..verdict import Verdict
 from .results import RegimeResult, RunResult
-from .text import adversary_note, tail_text, verdict_detail
+from .text import adversary_note, interval, number, tail_text, verdict_detail
 
+WIDTH = 100  # the table's width when the console is not a terminal (a log, a file)
+TITLE = "Causal scrubbing: E[loss] gap and E[|Δloss|] gap side by side (95% paired-bootstrap CI)"
 _STYLE = {"holds": "bold green", "refuted": "bold red", "cancels": "bold yellow", "inconclusive": "bold"}
+_FIGURES = (  # header, metric, number format
+    ("scrubbed loss", "scrubbed_loss", {}), ("E[loss] gap", "loss_gap", {"signed": True}),
+    ("E[|Δloss|] gap", "abs_gap", {}), ("noise floor", "noise_floor", {}), ("cancel share", "cancellation", None),
+    ("% recovered", "recovered", {"percent": True}), ("per-example recovered", "per_example_recovered", {"percent": True}),
+)
 
 
-def table(runs: list[RunResult]) -> Table:
-    out = Table(title=escape("Causal scrubbing: E[loss] gap and E[|Δloss|] gap side by side (95% paired-bootstrap CI)"),
-                show_lines=True)
-    left = ("verdict", "hypothesis", "regime", "flags and notes")
-    for header in ["verdict", "hypothesis", "regime", "scrubbed loss", "E[loss] gap", "E[|Δloss|] gap",
-                   "noise floor", "cancel share", "% recovered", "per-example recovered", "flags and notes"]:
-        out.add_column(escape(header), justify="left" if header in left else "right",
-                       ratio=3 if header == "flags and notes" else None)
+def table(runs: list[RunResult]) -> Group:
+    """Every run, one block each, under one title."""
+    blocks: list = [Text(TITLE, style="bold", justify="center")]
     for run in runs:
-        title = Text(f"{run.hypothesis}\n", style="bold")
-        title.append(f"{run.task}\nmodel {run.model_loss.value:.4f}\nbaseline {run.baseline_loss.value:.4f}\n"
-                     f"n={run.n_refs} seed={run.seed}", style="dim")
-        verdict = _verdict_text(run.verdict)
-        for i, name in enumerate(run.regimes):
-            regime = run.regimes[name]
-            first = (verdict, title) if i == 0 else ("", "")
-            if not regime.ok:
-                out.add_row(*first, name, Text(regime.status, style="dim"), *[""] * 7)
-                continue
-            m = regime.metrics
-            flags = Text()
-            if regime.verdict is not None:
-                flags.append(f"{regime.verdict.verdict.upper()}\n", style=_STYLE[regime.verdict.verdict])
-            for check in regime.details.get("failed_expectations", []):
-                flags.append(f"FAIL {check}\n", style="bold red")
-            flags.append(_notes(regime), style="dim")
-            out.add_row(*first, name, _cell(m["scrubbed_loss"]), _cell(m["loss_gap"], signed=True),
-                        _cell(m["abs_gap"]), _cell(m["noise_floor"]), f"{m['cancellation'].value:.2f}",
-                        _cell(m["recovered"], percent=True), _cell(m["per_example_recovered"], percent=True),
-                        flags)
+        blocks += [Text(""), *_block(run)]
+    return Group(*blocks)
+
+
+def _block(run: RunResult) -> list:
+    head = _verdict_text(run.verdict)
+    head.append("  ").append(run.hypothesis, style="bold")
+    sub = Text(f"{run.task} · model {number(run.model_loss.value)} · baseline {number(run.baseline_loss.value)}"
+               f" · n={run.n_refs} seed={run.seed}", style="dim")
+    ran = {name: r for name, r in run.regimes.items() if r.ok}
+    out = [head, sub]
+    if ran:
+        cells = [[_cell(regime.metrics[key], fmt) for _, key, fmt in _FIGURES] for regime in ran.values()]
+        rows = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+        rows.add_column("regime", justify="left", no_wrap=True)
+        for i, (header, _, _) in enumerate(_FIGURES):  # as wide as its widest figure or header word, no wider
+            width = max([len(w) for w in header.split()] + [len(line) for row in cells for line in row[i].plain.split("\n")])
+            rows.add_column(escape(header), justify="right", width=width)
+        for name, row in zip(ran, cells):
+            rows.add_row(name, *row)
+        out.append(rows)
+    for name, regime in run.regimes.items():  # the notes: what did not run (other than "not run"), and why not
+        line = _notes(name, regime)
+        if line is not None:
+            out.append(Padding(line, (0, 0, 0, 2)))
     return out
 
 
@@ -55,23 +65,31 @@ def _verdict_text(verdict: Verdict | None) -> Text:
     text = Text(verdict.verdict.upper(), style=_STYLE[verdict.verdict])
     detail = verdict_detail(verdict.regimes, verdict.not_run)
     if detail:
-        text.append(f"\n{detail}", style="dim")
+        text.append(f" {detail}", style="dim")
     return text
 
 
-def _notes(regime: RegimeResult) -> str:
-    """What an adversary chose, in words; and the tail of |Δloss|."""
-    notes = [adversary_note(regime.details)] if adversary_note(regime.details) else []
-    if regime.tail is not None:
-        notes.append(tail_text(regime.tail))
-    return "\n".join(notes)
+def _notes(name: str, regime: RegimeResult) -> Text | None:
+    """``regime: VERDICT · FAIL … · what the adversary chose · the tail of |Δloss|``; None for a regime not run."""
+    if not regime.ok:
+        return None if regime.status == "not run" else Text(f"{name}: {regime.status}", style="dim")
+    line = Text(f"{name}: ", style="dim")
+    if regime.verdict is not None:
+        line.append(regime.verdict.verdict.upper(), style=_STYLE[regime.verdict.verdict])
+    for check in regime.details.get("failed_expectations", []):
+        line.append(" · ", style="dim").append(f"FAIL {check}", style="bold red")
+    notes = [adversary_note(regime.details)] + ([tail_text(regime.tail)] if regime.tail is not None else [])
+    for note in filter(None, notes):
+        line.append(f" · {note}", style="dim")
+    return line
 
 
-def _cell(est: Estimate, percent: bool = False, signed: bool = False) -> Text:
-    """Value on the first line, its interval dimmed below: readable in colour and in a plain log."""
-    scale, fmt = (100, "{:.1f}%") if percent else (1, "{:+.4f}" if signed else "{:.4f}")
-    if not math.isfinite(est.value):
-        return Text("n/a")
-    text = Text(fmt.format(est.value * scale))
-    text.append(f"\n[{fmt.format(est.low * scale)}, {fmt.format(est.high * scale)}]", style="dim")
+def _cell(est: Estimate, fmt: dict | None) -> Text:
+    """Value on the first line, its interval dimmed below it, one end a line: readable in colour and in a plain log,
+    and the column only as wide as one figure."""
+    if fmt is None:  # the cancel share: a point figure
+        return Text(number(est.value, digits=2))
+    text = Text(number(est.value, **fmt))
+    if text.plain != "n/a":
+        text.append("\n" + interval([est.low, est.high], **fmt).replace(", ", ",\n"), style="dim")
     return text

@@ -1,9 +1,11 @@
 """The words and numbers both faces print (terminal table and HTML page), written once: figures with their
-intervals, the tail of |Δloss|, what an adversary chose, which regimes decide a verdict."""
+intervals, the tail of |Δloss|, what an adversary chose, which regimes decide a verdict, what a regime does."""
 
 from __future__ import annotations
 
 import math
+
+from ..regimes import REGISTRY
 
 
 def finite(x) -> bool:
@@ -43,7 +45,7 @@ def adversary_note(regime: dict) -> str:
     if isinstance(regime.get("representatives"), dict):
         small = regime.get("unsplittable_classes") or {}
         n = sum(v for v in regime["representatives"].values() if isinstance(v, (int, float)))
-        return f"{n} classes swapped to their worst representative" + (f"; too small to split: {small}" if small else "")
+        return f"worst representative in {n} classes" + (f"; too small to split: {small}" if small else "")
     return ""
 
 
@@ -52,3 +54,19 @@ def verdict_detail(regimes, not_run) -> str:
     if regimes:
         return f"by {', '.join(regimes)}"
     return f"not run: {', '.join(not_run)}" if not_run else ""
+
+
+def regime_help(name: str) -> str:
+    """What a regime does, in its own words: the first paragraph of its function's docstring (``regimes``)."""
+    doc = getattr(REGISTRY.get(name), "__doc__", None) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def ok(regime: dict) -> bool:
+    """Did the regime run (its JSON ``status``)?"""
+    return regime.get("status") == "ok"
+
+
+def cancels(regime: dict) -> bool:
+    """The regime's ``cancels``, as the verdict rule (``scrubbing.verdict``) set it in the report."""
+    return ok(regime) and bool(regime.get("cancels"))
