@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
+from scrubbing.report import adversary_note
+
 
 def _ci(regime: dict, key: str, percent: bool = False) -> str:
     value, (low, high) = regime[key], regime[f"{key}_ci"]
@@ -34,10 +36,7 @@ def table(report: dict) -> str:
         for name, regime in run["regimes"].items():
             if regime.get("status") != "ok":
                 continue
-            chose = "; ".join(regime.get("refinements", [])) or ("—" if name != "worst-swap" else
-                                                                 f"{sum(regime['representatives'].values())} reps")
-            if name == "adversarial-join" and not regime.get("refinements"):
-                chose = "nothing moved the loss"
+            chose = adversary_note(regime) or "—"
             lines.append(f"| {run['task']} | {run['hypothesis']} | {verdict} | {name} | {regime['verdict']} | "
                          f"{regime['scrubbed_loss']:.4f} | "
                          f"{_ci(regime, 'loss_gap')} | {_ci(regime, 'abs_gap')} | {regime['noise_floor']:.4f} | "

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from scrubbing.regimes import REGISTRY
-from scrubbing.report import render_html
+from scrubbing.report import adversary_note, render_html
 from scrubbing.report.__main__ import main as render_main
 from scrubbing.report.text import regime_help
 
@@ -82,8 +82,10 @@ def test_render_html_has_table_charts_and_graph(report):
     assert page.count('<span class="flag cancels" title=') == len(cancels)
     assert '<div class="failed-expectation">FAIL recovered &gt;= 0.9 in random: got 41% &lt;sic&gt;</div>' in page
     # What the adversaries chose: the budget and the refinements or representatives.
-    assert "budget: " in page and ("joined refinements:" in page or "no refinement moved the loss" in page)
-    assert "classes swapped to worst rep." in page
+    notes = [adversary_note(reg) for run in runs for name, reg in run["regimes"].items() if reg["status"] == "ok"
+             and name != "random"]
+    assert notes and all(f'<p class="note">{html.escape(note)}</p>' in page for note in notes)  # the table's words
+    assert "budget: " in page and "classes swapped to worst rep." in page
     # Intervals as the table writes them: a signed figure's interval is signed.
     assert re.search(r"<title>E\[loss\] gap [+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]</title>", page)
 
@@ -409,3 +411,22 @@ def test_html_report_in_headless_chromium(report, tmp_path):
 def _reddish(css_color: str) -> bool:
     r, g, b = (int(float(v)) for v in re.findall(r"[\d.]+", css_color)[:3])
     return r > 150 and r > 2 * g and r > 2 * b
+
+
+def test_markup_is_written_only_by_the_escaping_helper():
+    """No string in the renderer spells a tag: every element goes through ``markup.el``, which escapes."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "scrubbing" / "report"
+    found = []
+    for path in sorted(root.glob("*.py")):
+        if path.name == "markup.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.FunctionDef,
+                ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                if re.search(r"<[A-Za-z/]", node.value.replace("<!DOCTYPE html>", "")):
+                    found.append(f"{path.name}:{node.lineno}: {node.value[:40]!r}")
+    assert found == [], found
