@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from benchmarks.synthetic.tasks import logic_hypotheses, logic_task, sign_hypotheses, sign_task
 from scrubbing import EXACT, Dataset, Hypothesis, ScrubError, Task, expect, scrub
+from scrubbing.regimes import REGISTRY
 from scrubbing.cli import main
 from scrubbing.stats import quantile_upper_rank, refs_needed, tail
 from scrubbing.verdict import judge_regime, judge_run
@@ -83,8 +84,7 @@ def test_holds_cannot_pass_a_false_hypothesis(name):
 def test_holds_never_passes_under_half_recovered_even_with_wide_intervals():
     wide = {"status": "ok", "recovered": 0.45, "recovered_ci": [-0.5, 1.4], "per_example_recovered": 0.4,
             "per_example_recovered_ci": [0.0, 1.0], "verdict": "inconclusive", "verdict_reason": "wide"}
-    run = {"verdict": "inconclusive", "verdict_reason": "wide", "regimes": {r: wide for r in
-                                                                           ("random", "adversarial-join", "worst-swap")}}
+    run = {"verdict": "inconclusive", "verdict_reason": "wide", "regimes": {r: wide for r in REGISTRY}}
     assert not expect.verdict("holds").judge(run)[0].passed
     with pytest.raises(ScrubError, match="removed"):
         expect.abs_gap_within_noise(k=2)
