@@ -11,7 +11,6 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .checks import judge
 from .errors import ScrubError
 from .execute import Engine
 from .hypothesis import Hypothesis
@@ -150,18 +149,6 @@ def scrub(
         verdict=judge_run({name: r.figures() for name, r in results.items()}, tolerance),
         tolerance=tolerance,
     )
-    return _judged(result, hypothesis.expectations)
-
-
-def _judged(result: RunResult, expectations) -> RunResult:
-    """Attach the hypothesis's expectations' results to the run. An expectation whose regime did not run fails:
-    a check that was asked for and not made must not read as passed."""
-    checks = judge(result.to_dict(), expectations)
-    result.expectations = [{"name": c.name, "regime": c.regime, "passed": c.passed, "inconclusive": c.inconclusive,
-                            "message": c.message} for c in checks]
-    for c in checks:
-        if not c.passed and c.regime in result.regimes:
-            result.regimes[c.regime].details.setdefault("failed_expectations", []).append(c.name)
     return result
 
 
