@@ -26,6 +26,7 @@ from .verdict import DEFAULT_TOLERANCE, check_tolerance, judge_regime, judge_run
 DEFAULT_N_REFS = 1000
 DEFAULT_BUDGET = 32
 MIN_SEARCH_REFS = 50
+MIN_REFS = 20  # below this a percentile bootstrap collapses: a claim recovering 70 % held on 1 of 2 refs
 
 
 def scrub(
@@ -73,6 +74,9 @@ def scrub(
                         ("chunk_refs", chunk_refs)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ScrubError(f"{name} must be a whole number of at least 1; got {value!r}.")
+    if n_refs < MIN_REFS:
+        raise ScrubError(f"n_refs={n_refs}: a run needs at least {MIN_REFS} references; with fewer, the bootstrap "
+                         "interval of every figure collapses towards a point and a verdict would be decided by chance.")
     if pool is not None and (not isinstance(pool, (int, np.integer)) or pool < 1):
         raise ScrubError(f"pool must be a whole number of at least 1, or None; got {pool!r}.")
     try:
@@ -80,6 +84,9 @@ def scrub(
     except ValueError as err:
         raise ScrubError(str(err)) from None
     adapter, data = task.adapter, task.data
+    if len(data) < MIN_REFS:
+        raise ScrubError(f"task {task.name!r} has only {len(data)} examples; a run needs at least {MIN_REFS} "
+                         "references for its intervals to mean anything. Use a larger dataset.")
     with _evaluation_mode(adapter, device):
         calibrate_once(adapter, data, n_refs)
         bound = hypothesis.bind(adapter, data)
@@ -146,7 +153,7 @@ def scrub(
         description=hypothesis.description,
         nodes=hypothesis.describe(),
         plan_digest=digest,
-        verdict=judge_run({name: r.figures() for name, r in results.items()}, tolerance),
+        verdict=judge_run({name: r.to_dict() for name, r in results.items()}, tolerance),
         tolerance=tolerance,
     )
     return result
