@@ -189,6 +189,20 @@ def judge(run: dict, expectations) -> list[CheckResult]:
     return [result for e in expectations for result in e.judge(run)]
 
 
+def judged(result, expectations):
+    """``result`` (a ``RunResult`` from ``scrub``) with ``expectations`` judged on its structured figures and
+    recorded: the run's ``expectations`` list, and each failed check's name under its regime's
+    ``failed_expectations``. ``scrub`` measures; this judges. An expectation whose regime did not run fails: a check
+    that was asked for and not made must not read as passed."""
+    checks = judge(result.to_dict(), expectations)
+    result.expectations = [{"name": c.name, "regime": c.regime, "passed": c.passed, "inconclusive": c.inconclusive,
+                            "message": c.message} for c in checks]
+    for c in checks:
+        if not c.passed and c.regime in result.regimes:
+            result.regimes[c.regime].details.setdefault("failed_expectations", []).append(c.name)
+    return result
+
+
 def compare_to_baseline(run: dict, baseline: dict, metrics=("scrubbed_loss", "loss_gap", "abs_gap", "recovered",
                                                            "per_example_recovered")) -> list[CheckResult]:
     """A pinned result: fail where a figure's new interval and its stored interval do not overlap, where a pinned

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import suite
-from .checks import failures
+from .checks import failures, judged
 from .errors import ScrubError
 from .regimes import REGISTRY
 from .report import Report
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in empty:
             console.print(f"[bold yellow]warning:[/] {escape(str(path))} declares no hypothesis", highlight=False)
         report = _run_files(loaded, args, console)
+        hypotheses = [h for f in loaded for h in f.hypotheses]  # the runs come back in this order
+        report = Report([judged(run, h.expectations) for run, h in zip(report.runs, hypotheses, strict=True)])
     except ScrubError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2

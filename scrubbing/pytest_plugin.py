@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from . import suite
-from .checks import failures, regimes_needed
+from .checks import failures, judged, regimes_needed
 from .run import scrub
 
 _DEFAULTS = {"n_refs": 500, "budget": 16, "seed": 0}
@@ -68,7 +68,7 @@ class HypothesisItem(pytest.Item):
         run = scrub(self.hypothesis, loaded.task, n_refs=_setting(config, "n_refs"), seed=_setting(config, "seed"),
                     budget=_setting(config, "budget"),
                     regimes=regimes_needed(self.hypothesis.expectations, loaded.pinned, self.hypothesis.name))
-        lines = failures(run.to_dict(), loaded.pinned)
+        lines = failures(judged(run, self.hypothesis.expectations).to_dict(), loaded.pinned)
         if lines:
             raise ExpectationFailed("\n".join(lines))
 

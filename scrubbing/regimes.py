@@ -212,6 +212,7 @@ def adversarial_join(search: Search, z: float = 2.0):
     details = {
         "refinements": [c.description for c in chosen],
         "budget": {"limit": search.budget, "used": search.used, "candidates": len(candidates)},
+        "searched": bool(candidates),  # False: no refinement to try; the regime repeats random's experiment
         "search_refs": len(search.refs),
         "fit_abs_loss_gap": round(float(abs(current.mean() - clean)), 6),
     }
@@ -427,6 +428,7 @@ def worst_swap(search: Search):
             seen[final[n] % classes[n]] = True
             reps[n] = torch.where(seen, reps[n], torch.full_like(reps[n], -1))
     details = {
+        "searched": bool(nodes),  # False: no node has classes to swap; the regime repeats random's experiment
         "representatives": {n: int((reps[n] >= 0).sum()) for n in nodes},
         "classes": classes,
         "unsplittable_classes": {n: c for n, c in unsplittable.items() if c},

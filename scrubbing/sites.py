@@ -209,7 +209,8 @@ class ModelAdapter:
         - one block call per block start and chunk, on R + 2m rows in all: every site's shortcut from that
           block on the clean rows and both halves (with the first chunk); each call runs about one block, so
           together about one pass. A second option is tried only for the sites whose first failed;
-        - one clean pass on ``EARLY_STOP_ROWS`` (4) rows stopping at the deepest early stop.
+        - one clean pass on ``EARLY_STOP_ROWS`` (4) rows stopping at the deepest early stop, and one full one on
+          them that must repeat the first chunk's readings (a model with noise in eval mode is refused).
 
         About 3 clean passes of R rows in all (each pass that reads or writes every head's input costs more
         than a bare forward pass), whatever c: chunks add calls, not rows. Only should a shortcut fail by its
@@ -258,6 +259,7 @@ class ModelAdapter:
             if whole:
                 offsets = sums.offsets(rtol)
             if index == 0:
+                self._check_deterministic(chunk, readings)
                 positions = self._positions(outputs)
                 checked = self._batched_checks(chunk, outputs, slots, rtol, m) if self._batched else None
                 if checked is None:  # no batched pass, or a site's output moved with other sites' slots
@@ -285,6 +287,21 @@ class ModelAdapter:
                 del readings, outputs, slots, blocks
         return Calibration(offsets, checks.verified, early, uses_context, positions, n, check_rows,
                            dict(self._calls), dict(self._rows))
+
+    def _check_deterministic(self, inputs, readings) -> None:
+        """Read the first rows again: a model that gives other values on the same input (noise in eval mode) would
+        make every figure partly that noise, and a true claim read as changed."""
+        e = self.EARLY_STOP_ROWS
+        again = self._read(inputs[:e])[0]
+        self._unchanged(readings)  # the second pass wrote into the first's readings: calibrate on copies
+        outputs = readings[0]
+        for name, value in outputs.items():
+            if name in again and not close_enough(again[name], value[:e], 1e-4):
+                deviation = (again[name] - value[:e]).abs().max().item()
+                raise ModelError(
+                    f"the model is not deterministic: site {name!r} gave other values on a second clean pass over "
+                    f"the same rows (largest difference {deviation:.3g}). Scrubbing compares runs of the model, so "
+                    "remove the randomness from its forward pass (dropout and noise off in eval mode).")
 
     def _calibrate_site_by_site(self, inputs, rtol, readings=None, offsets=None) -> Calibration:
         """Every site checked alone (``_site_checks``), on every row at once."""
@@ -533,12 +550,11 @@ class _OffsetSums:
             for slot in site.slots:
                 actual = slots[(site.name, slot)]
                 residual = torch.sub(actual, total, out=_scratch(buffers, actual))
-                low, high = torch.aminmax(actual)
-                scale = max(-low.item(), high.item())
+                scale = actual.abs().amax(dim=0)  # per coordinate (``tolerance``)
                 key = (site.name, slot)
                 if self.whole:
                     offset = residual.mean(dim=0, keepdim=True)
-                    self.seen[key] = (offset[0], residual.sub_(offset).abs_().max().item(), scale)
+                    self.seen[key] = (offset[0], residual.sub_(offset).abs_().amax(dim=0), scale)
                     continue
                 least, most = torch.aminmax(residual, dim=0)
                 total_rows = residual.sum(dim=0, dtype=torch.float64)
@@ -546,7 +562,7 @@ class _OffsetSums:
                     was_sum, was_least, was_most, was_scale = self.seen[key]
                     total_rows += was_sum
                     least, most, scale = torch.minimum(least, was_least), torch.maximum(most, was_most), \
-                        max(scale, was_scale)
+                        torch.maximum(scale, was_scale)
                 self.seen[key] = (total_rows, least, most, scale)
         self.rows += len(next(iter(outputs.values())))
 
@@ -559,12 +575,15 @@ class _OffsetSums:
             else:
                 total, least, most, scale = seen
                 offset = (total / self.rows).to(least.dtype)
-                spread = max((most - offset).max().item(), (offset - least).max().item())
-            scale = scale + 1e-6
-            if spread > rtol * scale * 10 + 1e-5:
+                spread = torch.maximum(most - offset, offset - least)
+            excess = spread.double() / tolerance(scale, rtol * 10)
+            if excess.max().item() > 1:
+                worst = int(excess.flatten().argmax())
+                coordinate = list(torch.unravel_index(torch.tensor(worst), excess.shape)) if excess.dim() else []
                 raise ModelError(
-                    f"site {site!r} slot {slot!r}: its input is not the sum of its parents' "
-                    f"outputs plus a constant (deviation {spread:.3g} vs scale {scale:.3g}). "
+                    f"site {site!r} slot {slot!r}: its input is not the sum of its parents' outputs plus a "
+                    f"constant (at coordinate {[int(c) for c in coordinate]}: deviation "
+                    f"{spread.flatten()[worst].item():.3g} vs scale {scale.flatten()[worst].item():.3g} there). "
                     f"Declare the missing parent sites, or split the site so each slot reads a sum."
                 )
             offsets[(site, slot)] = offset
@@ -649,13 +668,14 @@ class _ShortcutChecks:
         if pieces is None or any(got.shape != expected.shape for _, got, expected in pieces):
             return self._advance(name, index)
         seen = self.seen[name]
-        for label, got, expected in pieces:
-            dev, scale = (got - expected).abs().max().item(), expected.abs().max().item()
-            was = seen.get(label, (dev, scale))
-            seen[label] = (max(dev, was[0]), max(scale, was[1]))
+        for label, got, expected in pieces:  # per coordinate, as ``close_enough``
+            dev, scale = (got - expected).abs().amax(dim=0), expected.abs().amax(dim=0)
+            if label in seen:
+                dev, scale = torch.maximum(dev, seen[label][0]), torch.maximum(scale, seen[label][1])
+            seen[label] = (dev, scale)
         if index != self.last or self.since[name] > 0:
             return None
-        if all(dev <= self.rtol * (scale + 1e-6) + 1e-5 for dev, scale in seen.values()):
+        if all(bool((dev <= tolerance(scale, self.rtol)).all()) for dev, scale in seen.values()):
             self.verified[name] = self.adapter._shortcuts(name)[self.options[name][self.at[name]][1]]
             self.at[name] = len(self.options[name])
         else:
@@ -739,10 +759,21 @@ def _parent_sum(parents: tuple[str, ...], outputs, sums: dict):
 
 
 def close_enough(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
+    """Equal to rounding, coordinate by coordinate (``tolerance``)."""
     if got.shape != expected.shape:
         return False
-    scale = expected.abs().max().item() + 1e-6
-    return (got - expected).abs().max().item() <= rtol * scale + 1e-5
+    if expected.dim() == 0:
+        return (got - expected).abs().item() <= rtol * (expected.abs().item() + 1e-6) + 1e-5
+    deviation = (got - expected).abs().amax(dim=0)
+    return bool((deviation <= tolerance(expected.abs().amax(dim=0), rtol)).all())
+
+
+def tolerance(scale: torch.Tensor, rtol: float) -> torch.Tensor:
+    """The rounding a reading may carry, per coordinate: relative to that coordinate's largest magnitude over the
+    rows, not the whole tensor's, so one large coordinate (a massive activation) cannot hide a real difference in
+    the others; floored at 1e-3 of the largest, for coordinates computed as a difference of large terms."""
+    scale = scale.double()
+    return rtol * (scale + 1e-3 * scale.max() + 1e-6) + 1e-5
 
 
 @dataclass

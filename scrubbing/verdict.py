@@ -10,7 +10,8 @@ With tolerance τ (default 0.1), a figure *holds* when its whole interval lies w
 either side: a scrub that lowers the loss is as much a change as one that raises it), *moves* when its whole
 interval lies beyond, and is *unclear* otherwise. Then, per regime:
 
-    refuted       the mean moves
+    refuted       the mean moves; or, with no measurable behaviour (% recovered undefined), the E[loss] gap's
+                  interval excludes 0 while per-example recovered moves: the scrub clearly changes the loss
     cancels       the per-example change moves while the mean holds (or its interval is unclear but its
                   estimate lies within τ): changes of both signs average out
     holds         both hold
@@ -82,6 +83,8 @@ def reasons(tolerance: float = DEFAULT_TOLERANCE) -> dict[str, str]:
     return {
         "holds": f"% recovered and per-example recovered both at least {floor}",
         "refuted": f"% recovered lies clearly outside {floor}–{ceiling}",
+        "refuted without behaviour": "the scrub clearly moves the loss: the E[loss] gap's interval excludes 0 and "
+                                     f"per-example recovered lies clearly below {floor}",
         "cancels": f"the mean looks explained, but per-example recovered lies clearly below {floor}",
         "inconclusive": "an interval straddles the tolerance: more references would decide it",
     }
@@ -107,6 +110,9 @@ def judge_regime(figures: dict, tolerance: float = DEFAULT_TOLERANCE) -> RegimeV
     if mean == "undefined":
         floor = f"{round(100 * (1 - tolerance))}%"
         text = "% recovered is undefined: the model does no measurably better than the baseline"
+        gap = figures.get("loss_gap_ci") or (None, None)
+        if per_example == "moves" and None not in gap and (gap[0] > 0 or gap[1] < 0):
+            return RegimeVerdict("refuted", mean, per_example, f"{text}, but {why['refuted without behaviour']}")
         if per_example == "moves":
             text += f" (per-example recovered lies clearly below {floor}: each example's loss does move)"
     else:
@@ -126,6 +132,9 @@ def judge_run(regimes: dict[str, dict], tolerance: float = DEFAULT_TOLERANCE) ->
         if deciding:
             return Verdict(word, deciding, "; ".join(f"{n}: {judged[n].reason}" for n in deciding), not_run)
     missing = f"; not run: {', '.join(not_run)}" if not_run else ""
+    idle = [name for name in judged if regimes[name].get("searched") is False]
+    if idle:  # an adversary with nothing to choose repeats random's experiment: not a second check
+        missing += f"; nothing to search for {', '.join(idle)} (the hypothesis leaves it no choice)"
     if all(v.verdict == "holds" for v in judged.values()):
         return Verdict("holds", (), f"holds under {', '.join(judged)}{missing}", not_run)
     unclear = [n for n, v in judged.items() if v.verdict == "inconclusive"]

@@ -123,7 +123,7 @@ def _hook_count(model) -> int:
 def test_model_raising_mid_run_leaves_it_clean(small):
     model, data, adapter = small
     task = _task(adapter, data)
-    scrub(_leaf_and_head(), task, n_refs=10, regimes=['random'])  # calibrate while the model still works
+    scrub(_leaf_and_head(), task, n_refs=20, regimes=["random"])  # calibrate while the model still works
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
 
@@ -132,13 +132,13 @@ def test_model_raising_mid_run_leaves_it_clean(small):
 
     model.blocks[1].attn.hook_result.add_hook(explode)  # a bug inside the user's model, at head 1.x
     with pytest.raises(ModelError, match=r"the model raised while computing (site 'a1.0'|a clean forward pass).*boom"):
-        scrub(_leaf_and_head(), task, n_refs=10, regimes=['random'])
+        scrub(_leaf_and_head(), task, n_refs=20, regimes=["random"])
     model.blocks[1].attn.hook_result.remove_hooks()
     assert _hook_count(model) == 0
     assert model.training  # the mode it was found in
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.eval()
-    scrub(_leaf_and_head(), task, n_refs=10, regimes=['random'])  # still usable afterwards
+    scrub(_leaf_and_head(), task, n_refs=20, regimes=["random"])  # still usable afterwards
     assert _hook_count(model) == 0
 
 

@@ -7,8 +7,8 @@ import textwrap
 from pathlib import Path
 
 
-from scrubbing import expect
-from scrubbing.checks import compare_to_baseline, regimes_needed
+from scrubbing import expect, scrub
+from scrubbing.checks import compare_to_baseline, judged, regimes_needed
 from scrubbing.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,21 @@ def test_a_verdict_expectation_reads_the_runs_verdict():
     assert expect.verdict("cancels", "refuted").judge(run)[0].passed
     failed = expect.verdict("holds").judge(run)[0]
     assert not failed.passed and failed.message.startswith("all regimes: verdict cancels by random")
+
+
+def test_scrub_measures_and_judged_judges():
+    """``scrub`` only measures; ``checks.judged`` judges a hypothesis's expectations on the structured result."""
+    from benchmarks.synthetic.tasks import logic_hypotheses, logic_task
+
+    claim = logic_hypotheses()["forgets xor"]
+    claim.expect(expect.recovered(">=", 0.9), expect.recovered("<=", 1.0), expect.loss_gap("<=", 1, regime="worst-swap"))
+    run = scrub(claim, logic_task(), n_refs=200, regimes=["random"])
+    assert run.expectations == [] and "failed_expectations" not in run.regimes["random"].details
+    assert judged(run, claim.expectations) is run
+    assert [(e["regime"], e["passed"]) for e in run.expectations] == [("random", False), ("random", True),
+                                                                       ("worst-swap", False)]  # not run: fails
+    assert run.regimes["random"].details["failed_expectations"] == ["recovered >= 0.9 (random)"]
+    assert run.to_dict()["expectations"][0]["message"].startswith("random: recovered = ")
 
 
 def test_pinned_figures_fail_when_intervals_separate():

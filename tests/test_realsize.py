@@ -138,22 +138,22 @@ def _calibration_calls(n_layers: int, n_heads: int) -> dict[str, int]:
     assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}
     assert calibration.calls == {"clean": adapter.counted["clean"], "run_all": adapter.counted["run_all"],
                                  "group": adapter.counted["block"]}
-    # rows: the clean pass on all 64 and a stopped one on 4; the patched pass on two mixed halves of
+    # rows: the clean pass on all 64, a stopped one on 4 and a full one on 4 (determinism); the patched pass on two mixed halves of
     # m = 64 / 8 rows; each block call on the 64 clean rows and the two halves
     assert calibration.rows == 64 and calibration.check_rows == 8
-    assert calibration.rows_run == {"clean": 64 + 4, "run_all": 2 * 8, "group": (n_layers + 1) * (64 + 2 * 8)}
+    assert calibration.rows_run == {"clean": 64 + 4 + 4, "run_all": 2 * 8, "group": (n_layers + 1) * (64 + 2 * 8)}
     return adapter.counted
 
 
 def test_calibration_makes_a_constant_number_of_passes():
-    """The stated cost (``ModelAdapter.calibrate``): one clean pass with slots and one stopped clean pass on 4
-    rows, one pass with every site patched, and one block call per block start (the blocks and the output),
+    """The stated cost (``ModelAdapter.calibrate``): one clean pass with slots, one stopped clean pass on 4 rows
+    and one full one on them (determinism), one pass with every site patched, and one block call per block start (the blocks and the output),
     each running about one block: about four clean passes of the calibration rows in all, whatever the number
     of heads or layers. Never one call per site."""
     few, many_heads, many_layers = _calibration_calls(2, 2), _calibration_calls(2, 8), _calibration_calls(6, 2)
     assert few == many_heads, (few, many_heads)  # 4x the heads: the same calls
     for calls, n_layers in ((few, 2), (many_layers, 6)):
-        assert calls == {"clean": 2, "run_all": 1, "block": n_layers + 1}, calls
+        assert calls == {"clean": 3, "run_all": 1, "block": n_layers + 1}, calls
 
 
 def test_calibration_is_a_public_object_sized_to_the_references():

@@ -68,6 +68,7 @@ def _plural(n: int, word: str) -> str:
 def _help(tolerance: float) -> list:
     """The page's glossary; the verdicts in the verdict rule's own words (``scrubbing.verdict``)."""
     why = reasons(tolerance)
+    why["refuted"] += f"; or, with no measurable behaviour to recover, {why['refuted without behaviour']}"
     verdicts = [[el("b", {}, word), f" ({why[word]})", ", " if i < len(VERDICTS) - 1 else ""]
                 for i, word in enumerate(VERDICTS)]
     return [
