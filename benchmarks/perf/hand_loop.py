@@ -97,7 +97,8 @@ def _node(bridge, inputs, bound, path, instance, values) -> torch.Tensor:
     # else held at its clean value on the chunk's own left-out examples
     upstream = sorted({site for site in bound.sites.values() if _where(site)[2] < own_place},
                       key=lambda s: _where(s)[2])
-    held = {kind: _read(bridge, inputs[left_out[kind]], upstream) for kind in {kind for active, kind in groups if active}}
+    kinds = {kind for active, kind in groups if active}
+    held = {kind: _read(bridge, inputs[left_out[kind]], upstream) for kind in kinds}
     writes: dict[str, list[tuple[int | None, slice, torch.Tensor]]] = {}
     for j, (active, kind) in enumerate(groups):
         if not active:
@@ -134,7 +135,8 @@ def _node(bridge, inputs, bound, path, instance, values) -> torch.Tensor:
         def take(value, hook):
             out["value"] = value[main, :, own_head].clone()
 
-        hooks += [(f"blocks.{layer}.hook_{slot}_input", route(slot)) for slot in ("k", "v") if chunk_of[slot] != chunk_of["q"]]
+        hooks += [(f"blocks.{layer}.hook_{slot}_input", route(slot)) for slot in ("k", "v")
+                  if chunk_of[slot] != chunk_of["q"]]
         hooks.append((own, take))
     elif own:
         def take(value, hook):

@@ -217,7 +217,8 @@ def measure(n_refs: int, n_data: int = 512, seed: int = 0, d_model: int = 768, n
     print(f"{n_refs} refs: hand loop {hand_s:.2f}s", file=sys.stderr, flush=True)
     return {"n_refs": n_refs, "shape": f"gpt2 12x12 d_model {d_model}, {n_ctx} tokens, vocab {vocab}",
             "hypothesis": hypothesis, "n_data": n_data, "calibration_rows": rows, "hand_batch": hand_batch,
-            "clean_pass_s": clean_s, "clean_pass_runs_s": clean, "clean_pass_with_head_hooks_s": hooked_s, "calibrate_s": calibrate_s, "plan_s": plan_s,
+            "clean_pass_s": clean_s, "clean_pass_runs_s": clean,
+            "clean_pass_with_head_hooks_s": hooked_s, "calibrate_s": calibrate_s, "plan_s": plan_s,
             "execute_s": execute_s, "engine_s": engine_s, "hand_loop_s": hand_s,
             "calibration_calls": dict(t.adapter.calls), "calibration_rows_run": dict(t.adapter.calibration.rows_run),
             "engine_stats": engine.stats, "tree_paths": len(plan.instances),
