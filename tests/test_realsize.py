@@ -14,7 +14,7 @@ from scrubbing.execute import Engine
 from scrubbing.plan import Recompute
 from scrubbing.sites import ModelAdapter
 
-from .conftest import engine_and_reference, plan_for, random_tokens, tiny_transformer
+from .conftest import bound_and_plan, engine_and_reference, plan_for, random_tokens, tiny_transformer
 
 
 def _deep(n_layers: int) -> Hypothesis:
@@ -225,3 +225,29 @@ def test_bridge_architecture_scrubs_like_the_reference(kind):
         assert "a0.0" not in adapter.sites["m0"].parents and "a0.0" in adapter.sites["m1"].parents
     engine, reference = engine_and_reference(_arch_hypothesis(), adapter, data, torch.arange(5), seed=2)
     torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-4)
+
+
+# -- the hand-written TransformerLens loop the benchmark compares against ------------------------------
+@pytest.mark.parametrize("shape", ["large", "small"])
+def test_hand_written_hook_loop_computes_the_engines_scrub(shape):
+    """``benchmarks/perf/hand_loop.py`` (bridge hooks only, no engine) on the benchmark's own IOI shapes, on a
+    12 x 12 GPT-2 with d_model 48: the same scrubbed logits as ``Engine.outputs`` for every reference of the plan,
+    in reference batches smaller than the plan (4 of 10). The scrub moves the logits far more than the tolerance,
+    so a loop that patched the wrong values could not pass."""
+    pytest.importorskip("transformers")
+    from benchmarks.perf.hand_loop import hand_outputs
+    from benchmarks.perf.realsize import boot, ioi_large, ioi_small, task, tokens
+
+    bridge = boot("gpt2", n_layers=12, n_heads=12, d_model=48, vocab=50, n_ctx=6)
+    data = tokens(80, 6, 50)
+    t = task(bridge, data)
+    t.adapter.calibrate(data.inputs[:64])
+    bound, plan = bound_and_plan(ioi_large() if shape == "large" else ioi_small(), t.adapter, data,
+                                 torch.arange(10), seed=1)
+    assert any(bound.is_positional(name) for name in bound.order)  # per-position classes at the embedding
+    engine = Engine(t.adapter, data).outputs(plan)
+    by_hand = hand_outputs(bridge, data.inputs, bound, plan, batch_size=4)
+    with torch.no_grad():
+        clean = bridge(data.inputs[plan.refs])
+    assert (engine - clean).abs().max() > 0.1
+    torch.testing.assert_close(by_hand, engine, atol=1e-4, rtol=0)

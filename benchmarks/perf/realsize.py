@@ -143,58 +143,106 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def hand_loop_passes(plan) -> int:
-    """Forward passes of ``n_refs`` rows a hand-written hook loop needs for this plan: one patched pass per
-    non-leaf tree path (per position for positional paths' parents is folded into the patch), plus one clean
-    pass per tree path for its draws r or its leaf sample. An estimate of the loop's cost, not a measurement."""
-    non_leaf = sum(1 for path in plan.instances if plan.recipes[path[-1]] is not None)
-    return non_leaf + len(plan.instances)
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS, so the next phase's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def measure(n_refs: int, n_data: int = 512, seed: int = 0, d_model: int = 768, n_ctx: int = 16,
-            vocab: int = 1000, hypothesis: str = "large") -> dict:
+            vocab: int = 1000, hypothesis: str = "large", hand_batch: int = 64) -> dict:
+    """One size, in this process: a clean pass over the references (the unit), the engine (calibration on
+    ``calibration_rows`` rows as ``scrub`` does, plan, execution) and the hand-written hook loop
+    (``hand_loop.hand_outputs``) on the same plan, whose outputs must equal the engine's; peak RSS of each."""
+    import statistics
     import sys
     import time
 
     import numpy as np
 
+    from benchmarks.perf.hand_loop import hand_outputs, passes
     from scrubbing.execute import Engine
     from scrubbing.plan import make_plan
     from scrubbing.sampling import RandomSampler, class_tables
+    from scrubbing.sites import calibration_rows
 
     torch.set_num_threads(1)
     bridge = boot("gpt2", 12, 12, d_model, vocab=vocab, n_ctx=n_ctx, seed=seed)
     data = tokens(n_data, n_ctx, vocab, seed=seed)
-    t = task(bridge, data)
     refs = torch.arange(n_refs)
-    with torch.no_grad():
-        bridge(data.inputs[refs[:8]])  # warm-up
-        start = time.perf_counter()
-        bridge(data.inputs[refs])
-        clean_s = time.perf_counter() - start
+
+    def clean_passes(times: int) -> list[float]:
+        seconds = []
+        with torch.no_grad():
+            bridge(data.inputs[refs[:8]])  # warm-up
+            for _ in range(times):
+                start = time.perf_counter()
+                bridge(data.inputs[refs])
+                seconds.append(time.perf_counter() - start)
+        return seconds
+
+    clean = clean_passes(3)  # the unit: the bridge as booted, before the adapter turns on per-head hooks
+    clean_s = statistics.median(clean)
+    t = task(bridge, data)  # split q/k/v inputs, per-head results, hook_mlp_in: both loops need them
+    hooked_s = min(clean_passes(1))
+    setup_rss = peak_rss_mb()
+
     start = time.perf_counter()
-    t.adapter.calibrate(data.inputs[: min(len(data), 256)])
+    rows = calibration_rows(len(data), n_refs)
+    t.adapter.calibrate(data.inputs[:rows])
     calibrate_s = time.perf_counter() - start
-    print(f"clean pass {clean_s:.2f}s, calibration {calibrate_s:.2f}s", file=sys.stderr, flush=True)
+    print(f"{n_refs} refs: clean pass {clean_s:.2f}s, calibration ({rows} rows) {calibrate_s:.2f}s",
+          file=sys.stderr, flush=True)
     bound = (ioi_large() if hypothesis == "large" else ioi_small()).bind(t.adapter, data)
     start = time.perf_counter()
     plan = make_plan(bound, refs, RandomSampler(class_tables(bound.classes)), np.random.default_rng(seed))
     plan_s = time.perf_counter() - start
     engine = Engine(t.adapter, data)
     start = time.perf_counter()
-    engine.outputs(plan)
+    scrubbed = engine.outputs(plan)
     execute_s = time.perf_counter() - start
-    loop = hand_loop_passes(plan)
+    engine_rss = peak_rss_mb()
+    engine_s = calibrate_s + plan_s + execute_s
+    print(f"{n_refs} refs: plan {plan_s:.2f}s, execution {execute_s:.2f}s", file=sys.stderr, flush=True)
+
+    reset = _reset_peak_rss()
+    start = time.perf_counter()
+    by_hand = hand_outputs(bridge, data.inputs, bound, plan, batch_size=hand_batch)
+    hand_s = time.perf_counter() - start
+    hand_rss = peak_rss_mb() if reset else float("nan")
+    print(f"{n_refs} refs: hand loop {hand_s:.2f}s", file=sys.stderr, flush=True)
     return {"n_refs": n_refs, "shape": f"gpt2 12x12 d_model {d_model}, {n_ctx} tokens, vocab {vocab}",
-            "hypothesis": hypothesis,
-            "clean_pass_s": clean_s, "calibrate_s": calibrate_s, "plan_s": plan_s,
-            "execute_s": execute_s, "calibration_calls": dict(t.adapter.calls), "engine_stats": engine.stats,
-            "tree_paths": len(plan.instances), "hand_loop_passes_estimate": loop,
-            "engine_over_clean": (calibrate_s + plan_s + execute_s) / clean_s,
+            "hypothesis": hypothesis, "n_data": n_data, "calibration_rows": rows, "hand_batch": hand_batch,
+            "clean_pass_s": clean_s, "clean_pass_runs_s": clean,
+            "clean_pass_with_head_hooks_s": hooked_s, "calibrate_s": calibrate_s, "plan_s": plan_s,
+            "execute_s": execute_s, "engine_s": engine_s, "hand_loop_s": hand_s,
+            "calibration_calls": dict(t.adapter.calls), "calibration_rows_run": dict(t.adapter.calibration.rows_run),
+            "engine_stats": engine.stats, "tree_paths": len(plan.instances),
+            "hand_loop_calls_per_batch": passes(bound, plan),
+            "hand_loop_max_abs_diff": (scrubbed - by_hand).abs().max().item(),
+            "engine_over_clean": engine_s / clean_s,
             "calibration_over_clean": calibrate_s / clean_s,
             "execution_over_clean": (plan_s + execute_s) / clean_s,
-            "engine_over_hand_loop_estimate": (calibrate_s + plan_s + execute_s) / (loop * clean_s),
-            "peak_rss_mb": peak_rss_mb()}
+            "hand_loop_over_clean": hand_s / clean_s,
+            "engine_over_hand_loop": engine_s / hand_s,
+            "peak_rss_mb_setup": setup_rss, "peak_rss_mb": engine_rss, "peak_rss_mb_hand_loop": hand_rss}
+
+
+def table(results: list[dict]) -> str:
+    """The benchmark's table (markdown), one row per size."""
+    lines = ["| refs | engine/clean | calibration/clean | plan+execution/clean | hand loop/clean | engine/hand loop "
+             "| peak RSS engine (MB) | peak RSS hand loop (MB) | clean pass (s) | max abs diff |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['n_refs']} | {r['engine_over_clean']:.1f} | {r['calibration_over_clean']:.1f} "
+                     f"| {r['execution_over_clean']:.1f} | {r['hand_loop_over_clean']:.1f} "
+                     f"| {r['engine_over_hand_loop']:.2f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb_hand_loop']:.0f} "
+                     f"| {r['clean_pass_s']:.2f} | {r['hand_loop_max_abs_diff']:.1e} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -224,11 +272,13 @@ def main() -> None:
                               capture_output=True, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
+    print(table(results), flush=True)
     if len(results) == 2:
-        results.append({"memory_ratio": results[1]["peak_rss_mb"] / results[0]["peak_rss_mb"]})
+        ratio = results[1]["peak_rss_mb"] / results[0]["peak_rss_mb"]
+        print(f"peak RSS {results[1]['n_refs']}/{results[0]['n_refs']}: {ratio:.2f}", flush=True)
+        results.append({"memory_ratio": ratio})
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
-    print(json.dumps(results[-1]))
 
 
 if __name__ == "__main__":
