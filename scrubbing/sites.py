@@ -135,6 +135,10 @@ class ModelAdapter:
     def restore(self) -> None:
         """Undo any state a failed run may have left on the model (hooks)."""
 
+    def _wiring_hint(self, site: str, slot: str) -> str:
+        """How to fix a slot that is not the sum of its parents' outputs plus a constant (calibration's refusal)."""
+        return "Declare the missing parent sites, or split the site so each slot reads a sum."
+
     # -- what the engine calls ----------------------------------------------------------
     def site(self, name: str) -> Site:
         try:
@@ -246,7 +250,7 @@ class ModelAdapter:
         size = self.calibration_chunk_rows(inputs, budget, m) if self._batched else max(n, 1)
         chunks = [(a, min(a + size, n)) for a in range(0, n, size)] or [(0, 0)]
         whole = len(chunks) == 1
-        sums = _OffsetSums(whole)
+        sums = _OffsetSums(whole, self._wiring_hint)
         checks = _ShortcutChecks(self, rtol, last=len(chunks) - 1)
         offsets = early = positions = None
         uses_context = check_rows = None
@@ -292,7 +296,7 @@ class ModelAdapter:
             readings = self._read(inputs)
         outputs, slots, trace, _ = readings
         if offsets is None:
-            sums = _OffsetSums(True)
+            sums = _OffsetSums(True, self._wiring_hint)
             sums.add(self.sites, outputs, slots)
             offsets = sums.offsets(rtol)
         blocks, uses_context, check_rows = self._site_checks(inputs, outputs, slots)
@@ -520,8 +524,8 @@ class _OffsetSums:
     already summed (in a residual stream each site's parents extend an earlier site's), so the work is linear
     in the sites."""
 
-    def __init__(self, whole: bool):
-        self.whole, self.rows, self.seen = whole, 0, {}
+    def __init__(self, whole: bool, hint: Callable[[str, str], str]):
+        self.whole, self.rows, self.seen, self.hint = whole, 0, {}, hint
 
     def add(self, sites: dict, outputs, slots) -> None:
         sums: dict[tuple[str, ...], object] = {(): 0}
@@ -532,6 +536,8 @@ class _OffsetSums:
             total = _parent_sum(site.parents, outputs, sums)
             for slot in site.slots:
                 actual = slots[(site.name, slot)]
+                if not actual.is_floating_point():  # integer inputs (token ids read as a slot): exact in float64
+                    actual, total = actual.double(), total.double() if isinstance(total, torch.Tensor) else total
                 residual = torch.sub(actual, total, out=_scratch(buffers, actual))
                 low, high = torch.aminmax(actual)
                 scale = max(-low.item(), high.item())
@@ -564,8 +570,7 @@ class _OffsetSums:
             if spread > rtol * scale * 10 + 1e-5:
                 raise ModelError(
                     f"site {site!r} slot {slot!r}: its input is not the sum of its parents' "
-                    f"outputs plus a constant (deviation {spread:.3g} vs scale {scale:.3g}). "
-                    f"Declare the missing parent sites, or split the site so each slot reads a sum."
+                    f"outputs plus a constant (deviation {spread:.3g} vs scale {scale:.3g}). " + self.hint(site, slot)
                 )
             offsets[(site, slot)] = offset
         return offsets

@@ -321,6 +321,12 @@ class SplitSites(ModelAdapter):
     def _positions(self, outputs):
         return self.base._positions(outputs)
 
+    def _wiring_hint(self, site, slot):
+        split = self.split
+        if isinstance(split, ResidualStream):
+            return self.base._wiring_hint(split.before if site == split.name else site, slot)
+        return self.base._wiring_hint(split.site if site in split.pieces else site, slot)
+
     def restore(self) -> None:
         self.base.restore()
 
