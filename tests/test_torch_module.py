@@ -269,3 +269,18 @@ def test_the_raw_input_in_a_sum():
     torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
     with pytest.raises(ModelError, match=r"site 'lin1' slot 'in'.*INPUT if it reads the raw input"):
         TorchModuleAdapter(_Skip2().eval(), {"lin0": (), "lin1": ("lin0",)}, "lin1").calibrate(x)
+
+
+def test_wired_sites_calibrate_in_chunks_deciding_the_same():
+    """No batched pass here: site by site, in chunks under a budget of a few rows, with the same decisions."""
+    data = _data()
+    whole = _wired().calibrate(data.inputs)
+    adapter = _wired()
+    chunked = adapter.calibrate(data.inputs, memory_budget=10 * adapter.row_bytes(data.inputs))
+    assert chunked.calls["clean"] == whole.calls["clean"] + 3  # 4 chunks where there was 1
+    assert (set(chunked.shortcuts), chunked.early_stops, chunked.uses_context, chunked.check_rows) == \
+        (set(whole.shortcuts), whole.early_stops, whole.uses_context, whole.check_rows)
+    assert set(whole.shortcuts) == {"embed", "a", "cat", "gate", "head"} - {"embed"}
+    assert set(chunked.offsets) == set(whole.offsets)
+    for key, offset in whole.offsets.items():
+        torch.testing.assert_close(chunked.offsets[key], offset, rtol=1e-6, atol=1e-6)
