@@ -230,7 +230,7 @@ class ModelAdapter:
         inputs = data.inputs if isinstance(data, Dataset) else data
         self.calibration = None
         self._calls, self._rows = {}, {}
-        self._batched = type(self)._run_all is not ModelAdapter._run_all
+        self._batched = self._can_run_all()
         try:
             calibration = self._calibrate(inputs, rtol, memory_budget)
         except _Rewritten:  # readings are views of the model's tensors, and it wrote into one in a later pass:
@@ -430,6 +430,10 @@ class ModelAdapter:
         every one of those sites patched in the same forward pass. Optional: adapters that can patch many
         sites at once override it; calibration checks the result follows each site's own slots only."""
         raise NotImplementedError
+
+    def _can_run_all(self) -> bool:
+        """Whether ``_run_all`` is there to use (by default: whether the adapter overrides it)."""
+        return type(self)._run_all is not ModelAdapter._run_all
 
     def _shortcut_groups(self) -> list[tuple[Callable, dict[str, int]]]:
         """Shortcuts checked many sites per call: ``(call, {site: k})`` where ``call(slot_inputs, inputs,

@@ -207,3 +207,20 @@ def test_a_chunked_site_by_site_calibration_refuses_pieces_that_do_not_sum_back(
     adapter = split_sites(HookedAdapter.for_transformer(model, 2, 2), Subspace("a0.0", torch.ones(1, D_MODEL)))
     with pytest.raises(ModelError, match="pieces of 'a0.0' do not sum back"):
         adapter.calibrate(inputs, memory_budget=10 * adapter.row_bytes(inputs))
+
+
+@pytest.mark.parametrize("kind", range(4))
+def test_split_sites_calibrate_in_a_few_batched_passes_deciding_what_site_by_site_decides(kind, monkeypatch):
+    """Where the base adapter patches every site in one pass, so does the wrapper (a piece stands for its site):
+    a fixed number of calls whatever the sites, and the decisions of checking them one by one."""
+    model = tiny_transformer(seed=1, n_layers=2, n_heads=2, n_ctx=3)
+    inputs = random_tokens(64, 3, 5, seed=1).inputs
+    batched = split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1)).calibrate(inputs)
+    assert batched.calls == {"clean": 2, "run_all": 1, "group": 3}
+    monkeypatch.setattr(type(split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1))),
+                        "_can_run_all", lambda self: False)
+    alone = split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1)).calibrate(inputs)
+    assert alone.calls["run"] >= 2 * 6
+    assert decided(batched) == decided(alone)
+    for key, offset in alone.offsets.items():
+        torch.testing.assert_close(batched.offsets[key], offset)
