@@ -66,7 +66,8 @@ class TorchModuleAdapter(ModelAdapter):
     oracle need nothing else: each argument of a wired site ``f`` is an identity site ``f:x`` (its slot is the
     sum of the argument's parents; a concatenated argument has one site ``f:x<p`` per parent, its slice), and
     ``f`` reads one slot ``in``, the sum of those sites, every argument packed into one flat vector per example.
-    A claim that ``p`` reaches ``f`` only through argument ``x`` is an edge ``via=("f:x",)``. ``calibrate``
+    A claim that ``p`` reaches ``f`` only through argument ``x`` is an edge ``via=("f:x",)`` (the nearest to
+    ``via="direct"`` into a wired site, whose inputs always pass through its argument sites). ``calibrate``
     checks the declared wiring on data (every sum, every slice of every concatenation) and refuses it, naming
     the site and the fix, where it does not hold.
 
@@ -252,8 +253,9 @@ class TorchModuleAdapter(ModelAdapter):
         if stop_at in self.modules:
             self._hook(self.modules[stop_at].register_forward_hook(self._raiser))
         try:
-            with torch.no_grad():
-                self.model(inputs)
+            if wanted or upto is None:  # (a pass stopping at INPUT reads nothing of the model)
+                with torch.no_grad():
+                    self.model(inputs)
         except _Captured:
             pass
         finally:
