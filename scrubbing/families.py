@@ -10,12 +10,14 @@ refines (their classes, and the draw r of the inputs they leave out) and the par
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from .hypothesis import BoundHypothesis
+from .plan import FromDraw, Recompute, route
 from .task import Task
 
 
@@ -47,6 +49,19 @@ class SearchContext:
         """Nodes whose class the adversary may refine (not exact, not the output)."""
         return [n for n in self.bound.order if self.bound.classes[n] is not None]
 
+    @cached_property
+    def draws_used(self) -> frozenset[str]:
+        """Nodes whose draw r feeds some input (a ``FromDraw`` in the node's recipe). Every other node keeps each
+        input on its own example or takes it from a parent (``unclaimed="reference"``, or every input claimed),
+        so a refinement of its draw changes nothing."""
+        return frozenset(n for n in self.bound.order if not self.bound.is_leaf(n) and _reads_draw(route(self.bound, n)))
+
+    def changes_anything(self, refinement: Refinement) -> bool:
+        """Whether joining ``refinement`` can change a scrub: it refines some target's classes, or the draw r of
+        a target that uses it (``joined_sampler`` refines the draw only for per-example partitions)."""
+        return any(self.bound.classes.get(t) is not None or (refinement.classes.dim() == 1 and t in self.draws_used)
+                   for t in refinement.targets)
+
     def activation(self, site: str) -> torch.Tensor:
         """Clean output of a site on every example (computed once)."""
         if site not in self._activations:
@@ -65,6 +80,12 @@ class SearchContext:
 
 
 Family = Callable[[SearchContext], Iterable[Refinement]]
+
+
+def _reads_draw(term) -> bool:
+    if isinstance(term, FromDraw):
+        return True
+    return isinstance(term, Recompute) and any(_reads_draw(sub) for _, entries in term.slots for _, sub in entries)
 
 
 def _quantile_bins(values: torch.Tensor, k: int) -> torch.Tensor:

@@ -167,6 +167,23 @@ def joined_sampler(bound: BoundHypothesis, refinements: list[Refinement]) -> Ran
     return RandomSampler(class_tables(classes), {n: ClassTable(v) for n, v in free.items()})
 
 
+def candidate_list(context: SearchContext, families: list[Family], budget: int
+                   ) -> tuple[list[Refinement], list[Refinement]]:
+    """The first ``budget`` candidates of the families, in order (a sweep evaluates no more), and those skipped on
+    the way because they cannot change a scrub (e.g. a refinement of only the draw r of a node that reads none of
+    it): no budget is spent on them."""
+    skipped: list[Refinement] = []
+
+    def useful() -> Iterator[Refinement]:
+        for candidate in chain.from_iterable(family(context) for family in families):
+            if context.changes_anything(candidate):
+                yield candidate
+            else:
+                skipped.append(candidate)
+
+    return list(islice(useful(), budget)), skipped
+
+
 def adversarial_join(search: Search, z: float = 2.0):
     """Greedy forward selection over refinements, maximising |E[scrubbed loss] - E[model loss]| on the search split.
 
@@ -175,9 +192,7 @@ def adversarial_join(search: Search, z: float = 2.0):
     same draws, so the difference is paired per reference); sweeps again while the budget
     lasts and a sweep kept something.
     """
-    # a sweep evaluates at most `budget` candidates from the front of the list: build no more than that
-    context = search.context()
-    candidates = list(islice(chain.from_iterable(family(context) for family in search.families), search.budget))
+    candidates, skipped = candidate_list(search.context(), search.families, search.budget)
     clean = search.clean.mean()
 
     def losses(refinements: list[Refinement]) -> np.ndarray:
@@ -211,7 +226,8 @@ def adversarial_join(search: Search, z: float = 2.0):
                         break
     details = {
         "refinements": [c.description for c in chosen],
-        "budget": {"limit": search.budget, "used": search.used, "candidates": len(candidates)},
+        "budget": {"limit": search.budget, "used": search.used, "candidates": len(candidates),
+                   **({"skipped": len(skipped)} if skipped else {})},
         "searched": bool(candidates),  # False: no refinement to try; the regime repeats random's experiment
         "search_refs": len(search.refs),
         "fit_abs_loss_gap": round(float(abs(current.mean() - clean)), 6),

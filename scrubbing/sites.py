@@ -135,6 +135,10 @@ class ModelAdapter:
     def restore(self) -> None:
         """Undo any state a failed run may have left on the model (hooks)."""
 
+    def _wiring_hint(self, site: str, slot: str) -> str:
+        """How to fix a slot that is not the sum of its parents' outputs plus a constant (calibration's refusal)."""
+        return "Declare the missing parent sites, or split the site so each slot reads a sum."
+
     # -- what the engine calls ----------------------------------------------------------
     def site(self, name: str) -> Site:
         try:
@@ -216,7 +220,8 @@ class ModelAdapter:
         than a bare forward pass), whatever c: chunks add calls, not rows. Only should a shortcut fail by its
         values (not by raising) is a chunked calibration's sweep repeated, for the sites whose next option then
         needs every chunk. Should a site's output follow other sites' slots or the raw input, or for adapters
-        without ``_run_all``, sites are checked one by one (a few passes per site), on every row at once.
+        without ``_run_all``, sites are checked one by one: the same chunks and running sums, the structural
+        checks a ``_run`` per site on the m check rows (twice), the shortcuts a call per site and block.
 
         What the sizes catch: the decomposition and the clean shortcut check see every row, so a shortcut
         wrong only on some inputs is refused if one of the R rows is such an input; confused slots and reads
@@ -226,7 +231,7 @@ class ModelAdapter:
         inputs = data.inputs if isinstance(data, Dataset) else data
         self.calibration = None
         self._calls, self._rows = {}, {}
-        self._batched = type(self)._run_all is not ModelAdapter._run_all
+        self._batched = self._can_run_all()
         try:
             calibration = self._calibrate(inputs, rtol, memory_budget)
         except _Rewritten:  # readings are views of the model's tensors, and it wrote into one in a later pass:
@@ -244,10 +249,10 @@ class ModelAdapter:
     def _calibrate(self, inputs, rtol, budget) -> Calibration:
         n = len(inputs)
         m = self._check_rows(n) if n >= 2 else 0
-        size = self.calibration_chunk_rows(inputs, budget, m) if self._batched else max(n, 1)
+        size = self.calibration_chunk_rows(inputs, budget, m)
         chunks = [(a, min(a + size, n)) for a in range(0, n, size)] or [(0, 0)]
         whole = len(chunks) == 1
-        sums = _OffsetSums(whole)
+        sums = _OffsetSums(whole, self._wiring_hint)
         checks = _ShortcutChecks(self, rtol, last=len(chunks) - 1)
         offsets = early = positions = None
         uses_context = check_rows = None
@@ -261,11 +266,12 @@ class ModelAdapter:
             if index == 0:
                 self._check_deterministic(chunk, readings)
                 positions = self._positions(outputs)
-                checked = self._batched_checks(chunk, outputs, slots, rtol, m) if self._batched else None
-                if checked is None:  # no batched pass, or a site's output moved with other sites' slots
+                checked = self._first_checks(chunk, outputs, slots, rtol, m)
+                if checked is None:  # a site's output moved with other sites' slots: tell them apart site by site
                     self._batched = False
-                    return self._calibrate_site_by_site(inputs, rtol, readings if whole else None, offsets)
-                (blocks, uses_context, check_rows), checked = checked, None
+                    return self._calibrate(inputs, rtol, budget)
+                blocks, uses_context, check_rows = checked
+                checked = None
             else:
                 blocks = [("clean", slots, chunk, outputs)]
             checks.run(blocks, index)
@@ -280,7 +286,7 @@ class ModelAdapter:
                 chunk = inputs[a:b]
                 readings = self._read(chunk)
                 outputs, slots, _, _ = readings
-                blocks = (self._batched_checks(chunk, outputs, slots, rtol, m)[0] if index == 0
+                blocks = (self._first_checks(chunk, outputs, slots, rtol, m)[0] if index == 0
                           else [("clean", slots, chunk, outputs)])
                 checks.run(blocks, index)
                 self._unchanged(readings)
@@ -303,22 +309,12 @@ class ModelAdapter:
                     f"the same rows (largest difference {deviation:.3g}). Scrubbing compares runs of the model, so "
                     "remove the randomness from its forward pass (dropout and noise off in eval mode).")
 
-    def _calibrate_site_by_site(self, inputs, rtol, readings=None, offsets=None) -> Calibration:
-        """Every site checked alone (``_site_checks``), on every row at once."""
-        if readings is None:
-            readings = self._read(inputs)
-        outputs, slots, trace, _ = readings
-        if offsets is None:
-            sums = _OffsetSums(True)
-            sums.add(self.sites, outputs, slots)
-            offsets = sums.offsets(rtol)
-        blocks, uses_context, check_rows = self._site_checks(inputs, outputs, slots)
-        checks = _ShortcutChecks(self, rtol, last=0)
-        checks.run(blocks, 0)
-        early = self._early_stops(inputs, outputs, trace, rtol)
-        self._unchanged(readings)
-        return Calibration(offsets, checks.verified, early, uses_context, self._positions(outputs), len(inputs),
-                           check_rows, dict(self._calls), dict(self._rows))
+    def _first_checks(self, inputs, outputs, slots, rtol, m: int):
+        """(the first chunk's check blocks, uses_context, check rows): from one patched pass where the adapter
+        has ``_run_all`` (None if that cannot tell), else site by site; the structural checks on the first m rows."""
+        if self._batched:
+            return self._batched_checks(inputs, outputs, slots, rtol, m)
+        return self._site_checks(inputs, outputs, slots, m)
 
     def _read(self, inputs):
         """Calibration's clean pass on these rows: (outputs, slots, trace, the readings' version counters)."""
@@ -348,9 +344,13 @@ class ModelAdapter:
         return max(m, 1, min(n, budget // per_row))
 
     def row_bytes(self, inputs) -> int | None:
-        """About the bytes one row's clean readings (every site's output and slot) take; None where unknown
-        (calibration then holds every row at once). Adapters of large models override it."""
-        return None
+        """About the bytes one row's clean readings (every site's output and slot) take: measured on one row's
+        clean pass (None without rows; calibration then holds every row at once). Adapters that can tell without
+        a pass override it."""
+        if len(inputs) == 0:
+            return None
+        outputs, slots = self._counted("clean", 1, self._guarded, self._clean, inputs[:1], True, None)
+        return sum(value.numel() * value.element_size() for value in (*outputs.values(), *slots.values()))
 
     def _calibration_pass(self, inputs):
         """The clean pass calibration starts from: (outputs, slots, what else the adapter records)."""
@@ -396,20 +396,23 @@ class ModelAdapter:
                                                         for i, half in enumerate(halves)]
         return blocks, False, m
 
-    def _site_checks(self, inputs, outputs, slots):
-        """The check blocks site by site (one ``_run`` per site and check), on every row."""
-        n = len(inputs)
-        mixed = self._mixed(slots) if n >= 2 else {}
-        expected_mixed = self._all_runs(mixed, inputs) if mixed else {}
-        shuffled = self._shuffled_runs(inputs, slots)
-        uses_context = n < 2 or any(not torch.allclose(value, outputs[site], atol=1e-5, rtol=1e-4)
-                                    for site, value in shuffled.items())
+    def _site_checks(self, inputs, outputs, slots, m: int):
+        """The check blocks site by site (a ``_run`` per site and check): the clean block on these rows, the
+        structural ones (slots from other examples; a shuffled context, where that moves a site's output) on
+        the first m."""
         blocks = [("clean", slots, inputs, outputs)]
-        if mixed:
-            blocks.append(("mixed", mixed, inputs, expected_mixed))
+        if m < 2:
+            return blocks, True, m
+        first = {key: value[:m] for key, value in slots.items()}
+        context = inputs[:m]
+        mixed = self._mixed(first)
+        blocks.append(("mixed", mixed, context, self._all_runs(mixed, context)))
+        shuffled = self._shuffled_runs(context, first)
+        uses_context = any(not torch.allclose(value, outputs[site][:m], atol=1e-5, rtol=1e-4)
+                           for site, value in shuffled.items())
         if uses_context and shuffled:
-            blocks.append(("shuffled", slots, inputs.flip(0), shuffled))
-        return blocks, uses_context, n
+            blocks.append(("shuffled", first, context.flip(0), shuffled))
+        return blocks, uses_context, m
 
     def _mixed(self, slots) -> Mapping:
         """Every slot's values taken from other examples, each slot of a site shifted differently
@@ -444,6 +447,10 @@ class ModelAdapter:
         every one of those sites patched in the same forward pass. Optional: adapters that can patch many
         sites at once override it; calibration checks the result follows each site's own slots only."""
         raise NotImplementedError
+
+    def _can_run_all(self) -> bool:
+        """Whether ``_run_all`` is there to use (by default: whether the adapter overrides it)."""
+        return type(self)._run_all is not ModelAdapter._run_all
 
     def _shortcut_groups(self) -> list[tuple[Callable, dict[str, int]]]:
         """Shortcuts checked many sites per call: ``(call, {site: k})`` where ``call(slot_inputs, inputs,
@@ -537,8 +544,8 @@ class _OffsetSums:
     already summed (in a residual stream each site's parents extend an earlier site's), so the work is linear
     in the sites."""
 
-    def __init__(self, whole: bool):
-        self.whole, self.rows, self.seen = whole, 0, {}
+    def __init__(self, whole: bool, hint: Callable[[str, str], str]):
+        self.whole, self.rows, self.seen, self.hint = whole, 0, {}, hint
 
     def add(self, sites: dict, outputs, slots) -> None:
         sums: dict[tuple[str, ...], object] = {(): 0}
@@ -549,6 +556,8 @@ class _OffsetSums:
             total = _parent_sum(site.parents, outputs, sums)
             for slot in site.slots:
                 actual = slots[(site.name, slot)]
+                if not actual.is_floating_point():  # integer inputs (token ids read as a slot): exact in float64
+                    actual, total = actual.double(), total.double() if isinstance(total, torch.Tensor) else total
                 residual = torch.sub(actual, total, out=_scratch(buffers, actual))
                 scale = actual.abs().amax(dim=0)  # per coordinate (``tolerance``)
                 key = (site.name, slot)
@@ -584,7 +593,7 @@ class _OffsetSums:
                     f"site {site!r} slot {slot!r}: its input is not the sum of its parents' outputs plus a "
                     f"constant (at coordinate {[int(c) for c in coordinate]}: deviation "
                     f"{spread.flatten()[worst].item():.3g} vs scale {scale.flatten()[worst].item():.3g} there). "
-                    f"Declare the missing parent sites, or split the site so each slot reads a sum."
+                    + self.hint(site, slot)
                 )
             offsets[(site, slot)] = offset
         return offsets

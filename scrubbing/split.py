@@ -17,6 +17,7 @@ on data (``SplitSites.calibrate``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -321,6 +322,65 @@ class SplitSites(ModelAdapter):
     def _positions(self, outputs):
         return self.base._positions(outputs)
 
+    # -- many sites per call (calibration's batched checks), where the base adapter has them -----------------------
+    def _can_run_all(self) -> bool:
+        return self.base._can_run_all()
+
+    def _run_all(self, slot_inputs, inputs, names):
+        return self._many(self.base._run_all, slot_inputs, inputs, names)
+
+    def _shortcut_groups(self):
+        """The base's groups, a piece standing for its site (option k of a piece is option k of its site)."""
+        split, out = self.split, []
+        for call, members in self.base._shortcut_groups():
+            mine = {}
+            for name, k in members.items():
+                for site in (split.pieces if isinstance(split, Pieces) and name == split.site else (name,)):
+                    mine[site] = k
+            out.append((lambda slot_inputs, inputs, names, call=call: self._many(call, slot_inputs, inputs, names),
+                        mine))
+        return out
+
+    def _many(self, call: Callable, slot_inputs, inputs, names) -> dict[str, torch.Tensor]:
+        """``call`` (the base's: many base sites, each from its own slots, in one model call) for this adapter's
+        sites: a residual stream is its slot; the pieces of the split site are that site's output split, one
+        call per distinct value of its slots among them (the first call also computes every other site)."""
+        split = self.split
+        if isinstance(split, ResidualStream):
+            base_names = [name for name in names if name != split.name]
+            out = dict(call(slot_inputs, inputs, base_names)) if base_names else {}
+            if split.name in names:
+                out[split.name] = slot_inputs[(split.name, "in")]
+            return {name: out[name] for name in names}
+        slots = self.base.sites[split.site].slots
+        others = [name for name in names if name not in split.pieces]
+        rounds: list[tuple[list, list[str]]] = []  # (the split site's slot values, the pieces given them)
+        for piece in (name for name in names if name in split.pieces):
+            values = [slot_inputs[(piece, slot)] for slot in slots]
+            same = next((r for r in rounds if all(torch.equal(a, b) for a, b in zip(r[0], values))), None)
+            if same is None:
+                rounds.append((values, [piece]))
+            else:
+                same[1].append(piece)
+        out: dict[str, torch.Tensor] = {}
+        for i, (values, pieces) in enumerate(rounds or [(None, [])]):
+            given = _Given(slot_inputs, {} if values is None else dict(zip(((split.site, s) for s in slots), values)))
+            base_names = (others if i == 0 else []) + ([] if values is None else [split.site])
+            if not base_names:
+                continue
+            got = call(given, inputs, base_names)
+            out.update({name: got[name] for name in others} if i == 0 else {})
+            if values is not None:
+                parts = split.split(got[split.site])
+                out.update({piece: parts[piece] for piece in pieces})
+        return {name: out[name] for name in names}
+
+    def _wiring_hint(self, site, slot):
+        split = self.split
+        if isinstance(split, ResidualStream):
+            return self.base._wiring_hint(split.before if site == split.name else site, slot)
+        return self.base._wiring_hint(split.site if site in split.pieces else site, slot)
+
     def restore(self) -> None:
         self.base.restore()
 
@@ -345,3 +405,19 @@ class SplitSites(ModelAdapter):
                              f"scale {scale:.3g}); check the split's tensors (dtype, shape, device).")
         return outputs, slots, None
 
+
+
+class _Given(Mapping):
+    """Slot values keyed for the base adapter: the split site's from ``overrides``, every other site's as given."""
+
+    def __init__(self, given: Mapping, overrides: dict):
+        self.given, self.overrides = given, overrides
+
+    def __getitem__(self, key):
+        return self.overrides[key] if key in self.overrides else self.given[key]
+
+    def __iter__(self):
+        return iter([*self.overrides, *(key for key in self.given if key not in self.overrides)])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from benchmarks.synthetic.tasks import (cancel_hypotheses, cancel_task, interaction_hypotheses, interaction_task,
                                         logic_hypotheses, logic_task)
 from scrubbing import EXACT, Hypothesis, Task, scrub
-from scrubbing.families import Refinement
+from scrubbing.families import Refinement, label_columns
 from scrubbing.regimes import REGISTRY
 
 from .conftest import adapter_for, random_tokens, tiny_transformer
@@ -97,3 +97,62 @@ def test_worst_swap_reports_classes_too_small_to_split():
     h.output(parents=["and"])
     run = scrub(h, task, n_refs=200, regimes=["worst-swap"], budget=8)
     assert run.regimes["worst-swap"].details["unsplittable_classes"] == {"bits": 1}
+
+
+def _draw_only(ctx):
+    """Refinements of the output's draw r alone (its class is exact): they matter only if the output reads r."""
+    for name in ("a", "b"):
+        yield Refinement(f"the output's draw split by column {name!r}", ("output",), ctx.task.data.columns[name].long())
+
+
+def _coarse_and(unclaimed: str) -> Hypothesis:
+    """The and gate claimed to read b0 only (false); the xor path left out: from r, or kept on the reference."""
+    h = Hypothesis(f"coarse and, unclaimed {unclaimed}")
+    h.node("bits01", "embed", lambda d: d.columns["b0"])
+    h.node("and", "and_gate", lambda d: d.columns["b0"], parents=["bits01"])
+    h.output(parents=["and"], unclaimed=unclaimed)
+    return h
+
+
+def test_only_nodes_that_read_their_draw_have_draw_refinements():
+    import numpy as np
+
+    from scrubbing.families import SearchContext
+    from scrubbing.regimes import candidate_list
+
+    task = logic_task()
+    task.adapter.calibrate(task.data.inputs[:256])
+    lists = {}
+    for unclaimed in ("draw", "reference"):
+        bound = _coarse_and(unclaimed).bind(task.adapter, task.data)
+        n = len(task.data)
+        ctx = SearchContext(bound, task, np.zeros(n), np.linspace(-1, 1, n), seed=0)
+        # 'and' reads only its claimed parent; the output reads xor_gate (and embed) from r unless kept on the reference
+        assert ctx.draws_used == ({"output"} if unclaimed == "draw" else set())
+        lists[unclaimed] = candidate_list(ctx, [_draw_only, label_columns], budget=6)
+    (kept, none_skipped), (useful, skipped) = lists["draw"], lists["reference"]
+    assert not none_skipped and [c.description for c in kept[:2]] == [
+        "the output's draw split by column 'a'", "the output's draw split by column 'b'"]
+    assert [c.description for c in skipped] == [c.description for c in kept[:2]]
+    assert not any("output's draw" in c.description for c in useful) and len(useful) == 6
+    assert [c.description for c in useful[:4]] == [c.description for c in kept[2:]]
+
+
+def test_skipping_draw_refinements_that_cannot_matter_leaves_the_results(monkeypatch):
+    """The same seed gives the same losses with the skipped candidates as without them: they were never taken, and
+    each evaluation draws with its own seeded generator, so leaving one out moves no other."""
+    from scrubbing.families import SearchContext
+
+    task, h = logic_task(), _coarse_and("reference")
+    runs = {}
+    for skip in (True, False):
+        if not skip:
+            monkeypatch.setattr(SearchContext, "changes_anything", lambda self, refinement: True)
+        runs[skip] = scrub(h, task, n_refs=300, regimes=["adversarial-join"], families=[_draw_only, label_columns],
+                           budget=8).regimes["adversarial-join"]
+    skipping, evaluating = runs[True], runs[False]
+    assert skipping.details["budget"]["skipped"] == 2 and "skipped" not in evaluating.details["budget"]
+    assert skipping.details["refinements"] == evaluating.details["refinements"]
+    assert skipping.details["fit_abs_loss_gap"] == evaluating.details["fit_abs_loss_gap"]
+    for key, metric in skipping.metrics.items():
+        assert getattr(metric, "value", metric) == getattr(evaluating.metrics[key], "value", evaluating.metrics[key]), key

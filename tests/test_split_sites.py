@@ -167,3 +167,61 @@ def test_fitted_subspaces():
     assert reg.basis.shape == (D_MODEL, 1)
     with pytest.raises(HypothesisError, match="needs target"):
         Subspace.fit(base, data, "a0.0", "regression")
+
+
+def _option(fn):
+    """A verified shortcut in comparable form: the base adapter's option a split site's wrapper calls."""
+    fn = fn.__defaults__[0] if getattr(fn, "__defaults__", None) else fn
+    return (fn.func.__name__, fn.keywords) if hasattr(fn, "func") else fn.__name__
+
+
+def decided(calibration):
+    """What a calibration decided, in comparable form."""
+    return ({name: _option(fn) for name, fn in calibration.shortcuts.items()}, calibration.early_stops,
+            calibration.uses_context, calibration.n_positions, calibration.rows, calibration.check_rows)
+
+
+@pytest.mark.parametrize("kind", range(4))
+def test_a_site_by_site_calibration_in_chunks_decides_the_same(kind):
+    """Split sites calibrate site by site; under a budget of a few rows' readings they do so in chunks (memory
+    bounded by the budget, not the rows), deciding what one chunk of every row decides, offsets to rounding."""
+    model = tiny_transformer(seed=1, n_layers=2, n_heads=2, n_ctx=3)
+    inputs = random_tokens(64, 3, 5, seed=1).inputs
+    whole = split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1)).calibrate(inputs)
+    adapter = split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1))
+    chunked = adapter.calibrate(inputs, memory_budget=10 * adapter.row_bytes(inputs))
+    # the row measure, then 7 chunks, and the determinism check's second pass on 4 rows
+    assert whole.calls["clean"] == 3 and chunked.calls["clean"] == 1 + 7 + 1
+    assert whole.rows_run["clean"] == chunked.rows_run["clean"] == 65 + 4
+    assert decided(chunked) == decided(whole) and whole.check_rows == 8
+    assert len(whole.shortcuts) >= 7
+    assert set(chunked.offsets) == set(whole.offsets)
+    for key, offset in whole.offsets.items():
+        torch.testing.assert_close(chunked.offsets[key], offset, rtol=1e-6, atol=1e-6)
+
+
+def test_a_chunked_site_by_site_calibration_refuses_pieces_that_do_not_sum_back(monkeypatch):
+    model = tiny_transformer(seed=1, n_layers=2, n_heads=2, n_ctx=3)
+    inputs = random_tokens(64, 3, 5, seed=1).inputs
+    split = Subspace.split
+    monkeypatch.setattr(Subspace, "split", lambda self, v: {k: x * 1.01 for k, x in split(self, v).items()})
+    adapter = split_sites(HookedAdapter.for_transformer(model, 2, 2), Subspace("a0.0", torch.ones(1, D_MODEL)))
+    with pytest.raises(ModelError, match="pieces of 'a0.0' do not sum back"):
+        adapter.calibrate(inputs, memory_budget=10 * adapter.row_bytes(inputs))
+
+
+@pytest.mark.parametrize("kind", range(4))
+def test_split_sites_calibrate_in_a_few_batched_passes_deciding_what_site_by_site_decides(kind, monkeypatch):
+    """Where the base adapter patches every site in one pass, so does the wrapper (a piece stands for its site):
+    a fixed number of calls whatever the sites, and the decisions of checking them one by one."""
+    model = tiny_transformer(seed=1, n_layers=2, n_heads=2, n_ctx=3)
+    inputs = random_tokens(64, 3, 5, seed=1).inputs
+    batched = split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1)).calibrate(inputs)
+    assert batched.calls == {"clean": 3, "run_all": 1, "group": 3}
+    monkeypatch.setattr(type(split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1))),
+                        "_can_run_all", lambda self: False)
+    alone = split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1)).calibrate(inputs)
+    assert alone.calls["run"] >= 2 * 6
+    assert decided(batched) == decided(alone)
+    for key, offset in alone.offsets.items():
+        torch.testing.assert_close(batched.offsets[key], offset)
