@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ScrubError
-from .regimes import REGISTRY
+from .regimes import REGIMES
 from .report import METRICS
 from .verdict import VERDICTS
 
-REGIMES = tuple(REGISTRY)
 
 _OPS = {">=": "at least", "<=": "at most"}
 

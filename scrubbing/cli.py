@@ -15,12 +15,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from . import suite
 from .checks import failures, judged
 from .errors import ScrubError
-from .regimes import REGISTRY
+from .regimes import REGIMES
 from .report import Report
 from .run import DEFAULT_BUDGET, DEFAULT_N_REFS, scrub
 from .verdict import DEFAULT_TOLERANCE
 
-REGIMES = tuple(REGISTRY)
 
 
 def _run_files(loaded: list[suite.HypothesisFile], args, console: Console) -> Report:

@@ -460,3 +460,4 @@ def worst_swap(search: Search):
 
 
 REGISTRY = {"random": random_regime, "adversarial-join": adversarial_join, "worst-swap": worst_swap}
+REGIMES = tuple(REGISTRY)  # their names, in the order every face shows them

@@ -16,14 +16,13 @@ from .execute import Engine
 from .hypothesis import Hypothesis
 from .plan import make_plan
 from .families import DEFAULT_FAMILIES, Family
-from .regimes import REGISTRY, Scorer, Search, SharedContext
+from .regimes import REGIMES, REGISTRY, Scorer, Search, SharedContext
 from .report import RegimeResult, RunResult
 from .sampling import RandomSampler, class_tables
 from .stats import delta_histogram, summarize, tail
 from .task import Task
 from .verdict import DEFAULT_TOLERANCE, check_tolerance, judge_regime, judge_run
 
-REGIMES = tuple(REGISTRY)
 
 DEFAULT_N_REFS = 1000
 DEFAULT_BUDGET = 32
