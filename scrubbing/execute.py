@@ -48,7 +48,9 @@ class Engine:
         self.batch_size = batch_size
         self.chunk_refs = chunk_refs
         self.memory_budget = memory_budget
-        self.stats = {"clean_rows": 0, "computed_rows": 0, "requested_rows": 0, "gathered_rows": 0,
+        # rows: clean examples run, fresh site values computed (``run_rows`` of them went through the model: a
+        # step's sites share rows), rows of instances asked for, parent rows gathered into slot sums
+        self.stats = {"clean_rows": 0, "computed_rows": 0, "run_rows": 0, "requested_rows": 0, "gathered_rows": 0,
                       "model_calls": 0, "chunks": 0}
         # wall-clock seconds of the two kinds of model work, for profiles (benchmarks/perf/run.py)
         self.seconds: dict = {"clean_bank": 0.0, "sites": {}}
@@ -91,104 +93,132 @@ class Engine:
         return self._levels
 
     def _refs_that_fit(self, compiled: "_Compiler", refs: int) -> int:
+        """How many of the chunk's references fit ``memory_budget``: its banks (clean rows and fresh ones) and
+        the largest step's slot inputs, at one row's bytes per site."""
         if not compiled.count or refs <= 1:
             return refs
         if self._row_bytes is None:
             clean = self.adapter.clean(self.inputs[:1])
             self._row_bytes = {name: value[0].numel() * value.element_size() for name, value in clean.items()}
-        need = sum(count * self._row_bytes.get(site, 0) for site, count in compiled.count.items())
+        row = self._row_bytes
+        layout = _Layout(compiled, self.adapter, len(self.data))
+        need = sum(rows * row.get(site, 0) for site, rows in layout.size.items())
+        sites = self.adapter.sites
+        need += max((sum(compiled.count.get(site, 0) * len(sites[site].slots) * row.get(site, 0) for site in step)
+                     for step in self.steps(compiled)), default=0)  # a step's slot inputs, held while it runs
         if need <= self.memory_budget:
             return refs
-        return max(1, int(refs * self.memory_budget / need))
+        return max(1, min(refs - 1, int(refs * self.memory_budget / need)))
 
     # -- execution ---------------------------------------------------------------------
     def _execute(self, compiled: "_Compiler") -> torch.Tensor:
-        adapter, n = self.adapter, len(self.data)
-        depth, read = self._clean_depth(compiled)
-        clean_examples = torch.nonzero(depth >= 0)[:, 0]
-        where = torch.full((n,), -1, dtype=torch.long)
-        where[clean_examples] = torch.arange(len(clean_examples))
-        n_clean = {name: len(clean_examples) if name in read else 0 for name in adapter.sites}
-        size = {name: n_clean[name] + compiled.count.get(name, 0) for name in adapter.sites}
-
-        def locate(site: str, ids: torch.Tensor) -> torch.Tensor:
-            return torch.where(ids < n, where[ids.clamp(max=n - 1)], ids - n + n_clean[site])
-
-        bank = self._clean_bank(clean_examples, depth[clean_examples], read, size)
-        self.stats["clean_rows"] += len(clean_examples)
+        adapter = self.adapter
+        layout = _Layout(compiled, adapter, len(self.data))
+        bank = self._clean_bank(layout)
+        self.stats["clean_rows"] += len(layout.examples)
         self.stats["requested_rows"] += compiled.requested
         self.stats["chunks"] += 1
-        for name in adapter.sites:
-            requests = compiled.requests.get(name)
-            if requests:
-                dest = torch.cat([torch.arange(r.offset, r.offset + len(r.fresh)) for r in requests]) + n_clean[name]
-                self._compute(name, requests, dest, bank, locate, size)
-            for offset, sources in compiled.assemblies.get(name, []):
-                value = _gather(bank[name], locate(name, sources))
-                _write(bank, size, name, slice(n_clean[name] + offset, n_clean[name] + offset + len(sources)), value)
+        for step in self.steps(compiled):
+            self._compute(step, compiled.requests, layout, bank)
+            for name in step:
+                for offset, sources in compiled.assemblies.get(name, []):
+                    value = _gather(bank[name], layout.locate(name, sources))
+                    start = layout.n_clean[name] + offset
+                    _write(bank, layout.size, name, slice(start, start + len(sources)), value)
         out_site = adapter.output
-        return bank[out_site][locate(out_site, compiled.output_rows).to(bank[out_site].device)]
+        return bank[out_site][layout.locate(out_site, compiled.output_rows).to(bank[out_site].device)]
 
-    def _clean_depth(self, compiled: "_Compiler") -> tuple[torch.Tensor, set[str]]:
-        """Per example, the last site (index in ``adapter.sites``) whose clean value on it is read (-1: none);
-        and the sites whose clean values are read at all."""
-        n, order = len(self.data), {name: i for i, name in enumerate(self.adapter.sites)}
-        depth = torch.full((n,), -1, dtype=torch.long)
-        read: set[str] = set()
-        for site, ids in compiled.reads:
-            ids = ids.reshape(-1)
-            ids = ids[ids < n]
-            if len(ids):
-                read.add(site)
-                depth.scatter_reduce_(0, ids, torch.full_like(ids, order[site]), reduce="amax")
-        return depth, read
+    def steps(self, compiled: "_Compiler") -> list[list[str]]:
+        """The sites in order, cut into steps of one model call per batch: consecutive sites that calibration
+        verified in the same group call (``ModelAdapter.run_together``: a block's heads), none reading another
+        of its step. Sites with nothing to compute ride along (their assemblies follow the step's calls)."""
+        adapter = self.adapter
+        calibration = adapter.calibration
+        together = {} if calibration is None or adapter.uses_context else calibration.together
+        steps: list[list[str]] = []
+        members: set[str] = set()
+        group = None
+        for name in adapter.sites:
+            if compiled.requests.get(name):
+                joins = together.get(name)
+                if (not steps or joins is None or joins != group
+                        or not members.isdisjoint(adapter.sites[name].parents)):
+                    steps.append([])
+                    members, group = set(), joins
+            elif not steps:
+                steps.append([])
+            steps[-1].append(name)
+            members.add(name)
+        return steps
 
-    def _clean_bank(self, examples: torch.Tensor, depth: torch.Tensor, read: set[str],
-                    size: dict[str, int]) -> dict[str, torch.Tensor]:
-        """Clean outputs of the ``read`` sites on ``examples``, row i for example i, each pass run only as
-        far as its ``depth`` (rows of deeper sites are left unset: nothing reads them). Each bank holds
-        ``size[site]`` rows, the recomputations after the clean rows, so nothing is copied twice."""
+    def _clean_bank(self, layout: "_Layout") -> dict[str, torch.Tensor]:
+        """Clean outputs of the sites read cleanly, on the layout's examples, each pass run only as far as the
+        deepest site read on its examples (a site's bank holds the examples that reach it). Each bank also has
+        room for the site's recomputations, after the clean rows, so nothing is copied twice."""
         bank: dict[str, torch.Tensor] = {}
         names = list(self.adapter.sites)
         start_s = time.perf_counter()
+        depth = layout.depth
         for level in torch.unique(depth).tolist():
             rows = torch.nonzero(depth == level)[:, 0]
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start:start + self.batch_size]
-                inputs = self.inputs[examples[batch].to(self.inputs.device)]
-                for name, value in self.adapter.clean(inputs, upto=names[level]).items():
-                    if name in read:
-                        _write(bank, size, name, batch.to(value.device), value)
+                inputs = self.inputs[layout.examples[batch].to(self.inputs.device)]
+                outputs = self.adapter.clean(inputs, upto=names[level])
+                for name in names[:level + 1]:  # a full pass reads deeper sites too: their banks start later
+                    if layout.n_clean[name]:
+                        value = outputs[name]
+                        _write(bank, layout.size, name, (batch - layout.first[name]).to(value.device), value)
         self.seconds["clean_bank"] += time.perf_counter() - start_s
         return bank
 
-    def _compute(self, site: str, requests: list["_Request"], dest: torch.Tensor, bank, locate,
-                 size: dict[str, int]) -> None:
-        """Run ``site`` on every request's fresh rows (slot inputs from their partial sums), in batches,
-        into its bank at ``dest``."""
+    def _compute(self, step: list[str], requests_of: dict[str, list["_Request"]], layout: "_Layout", bank) -> None:
+        """Run the step's sites on every request's fresh rows (slot inputs from their partial sums), in batches,
+        into their banks; the sites of a step go through one call per batch, row i of each site beside row i
+        of the others (a site with fewer rows repeats its last: a block computes all its heads anyway)."""
         adapter = self.adapter
         start_s = time.perf_counter()
-        slot_inputs: dict[str, list[torch.Tensor]] = {slot: [] for slot in adapter.sites[site].slots}
-        contexts = []
-        for request in requests:
-            for slot, total in request.sums.items():
-                value = self._sum_value(total, bank, locate)
-                slot_inputs[slot].append(adapter.slot_input(site, slot, [value.index_select(
-                    0, request.fresh.to(value.device))]))
-                _release(total)
-            contexts.append(request.node.contexts[request.fresh])
-        joined = {slot: torch.cat(parts) for slot, parts in slot_inputs.items()}
-        context = torch.cat(contexts)
-        for start in range(0, len(dest), self.batch_size):
-            stop = start + self.batch_size
-            batch = {slot: value[start:stop] for slot, value in joined.items()}
-            value = adapter.run(site, batch, self.inputs[context[start:stop].to(self.inputs.device)])
+        work = []  # (site, slot inputs, contexts, bank rows)
+        for site in step:
+            requests = requests_of.get(site)
+            if not requests:
+                continue
+            slot_inputs: dict[str, list[torch.Tensor]] = {slot: [] for slot in adapter.sites[site].slots}
+            contexts = []
+            for request in requests:
+                for slot, total in request.sums.items():
+                    value = self._sum_value(total, bank, layout.locate)
+                    slot_inputs[slot].append(adapter.slot_input(site, slot, [value.index_select(
+                        0, request.fresh.to(value.device))]))
+                    _release(total)
+                contexts.append(request.node.contexts[request.fresh])
+            dest = layout.n_clean[site] + torch.cat([torch.arange(r.offset, r.offset + len(r.fresh))
+                                                     for r in requests])
+            work.append((site, {slot: torch.cat(parts) for slot, parts in slot_inputs.items()}, torch.cat(contexts),
+                         dest))
+        if not work:
+            return
+        longest = max(len(dest) for *_, dest in work)
+        for start in range(0, longest, self.batch_size):
+            active = [w for w in work if len(w[3]) > start]
+            stop = min(start + self.batch_size, max(len(w[3]) for w in active))
+            given = {(site, slot): _rows(value, start, stop) for site, joined, _, _ in active
+                     for slot, value in joined.items()}
+            context = _rows(active[0][2], start, stop)
+            out = adapter.run_together([w[0] for w in active], given, self.inputs[context.to(self.inputs.device)])
             self.stats["model_calls"] += 1
-            _write(bank, size, site, dest[start:stop].to(value.device), value)
-        self.stats["computed_rows"] += len(dest)
-        entry = self.seconds["sites"].setdefault(site, {"rows": 0, "seconds": 0.0})
-        entry["rows"] += len(dest)
-        entry["seconds"] += time.perf_counter() - start_s
+            self.stats["run_rows"] += stop - start
+            for site, _, _, dest in active:
+                rows = dest[start:stop]
+                value = out[site][:len(rows)]
+                _write(bank, layout.size, site, rows.to(value.device), value)
+        total = sum(len(dest) for *_, dest in work)
+        self.stats["computed_rows"] += total
+        seconds = time.perf_counter() - start_s
+        for site, *_, dest in work:  # a step's time shared by its sites' rows
+            entry = self.seconds["sites"].setdefault(site, {"rows": 0, "seconds": 0.0})
+            entry["rows"] += len(dest)
+            entry["seconds"] += seconds * len(dest) / total
 
     def _sum_value(self, total: "_Sum", bank, locate) -> torch.Tensor:
         """The partial sum's value on every instance of its node, its missing predecessors first."""
@@ -213,6 +243,40 @@ class Engine:
         return chain[0].value if chain else total.value
 
 
+class _Layout:
+    """Where each row of a chunk lives: per site, a bank of its clean rows then its fresh ones.
+
+    The examples run cleanly are those whose clean value at some site is read, ordered by ``depth`` (the last
+    site read on each, as an index into the adapter's sites), so that each clean pass writes adjacent rows and
+    the examples reaching a site are a suffix: a site's bank holds that suffix (``first``: where it starts),
+    not every clean example."""
+
+    def __init__(self, compiled: "_Compiler", adapter: ModelAdapter, n_examples: int):
+        order = {name: i for i, name in enumerate(adapter.sites)}
+        depth = torch.full((n_examples,), -1, dtype=torch.long)
+        read: set[str] = set()
+        for site, ids in compiled.reads:
+            ids = ids.reshape(-1)
+            ids = ids[ids < n_examples]
+            if len(ids):
+                read.add(site)
+                depth.scatter_reduce_(0, ids, torch.full_like(ids, order[site]), reduce="amax")
+        examples = torch.nonzero(depth >= 0)[:, 0]
+        examples = examples[torch.argsort(depth[examples], stable=True)]
+        self.n, self.examples, self.depth = n_examples, examples, depth[examples]
+        self.where = torch.full((n_examples,), -1, dtype=torch.long)
+        self.where[examples] = torch.arange(len(examples))
+        reach = torch.searchsorted(self.depth, torch.arange(len(order)))  # first example reaching each site
+        self.first = {name: int(reach[order[name]]) if name in read else len(examples) for name in adapter.sites}
+        self.n_clean = {name: len(examples) - self.first[name] for name in adapter.sites}
+        self.size = {name: self.n_clean[name] + compiled.count.get(name, 0) for name in adapter.sites}
+
+    def locate(self, site: str, ids: torch.Tensor) -> torch.Tensor:
+        """Bank rows of row ids: an example's clean row, or fresh row ``id - n`` after the clean ones."""
+        n = self.n
+        return torch.where(ids < n, self.where[ids.clamp(max=n - 1)] - self.first[site], ids - n + self.n_clean[site])
+
+
 def _release(total: "_Sum") -> None:
     total.uses -= 1
     if total.uses <= 0:
@@ -223,7 +287,16 @@ def _write(bank: dict[str, torch.Tensor], size: dict[str, int], site: str, where
     """Put ``value`` at rows ``where`` of the site's bank, allocating it (``size[site]`` rows) on first use."""
     if site not in bank:
         bank[site] = value.new_empty((size[site], *value.shape[1:]))
+    if isinstance(where, torch.Tensor) and len(where) > 1 and bool((where[1:] - where[:-1] == 1).all()):
+        where = slice(int(where[0]), int(where[-1]) + 1)  # consecutive rows: a copy, not a scatter
     bank[site][where] = value
+
+
+def _rows(value: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of ``value``; past its end, its last row again (padding a step's shorter sites)."""
+    if stop <= len(value):
+        return value[start:stop]
+    return value[torch.arange(start, stop).clamp(max=len(value) - 1).to(value.device)]
 
 
 def _gather(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

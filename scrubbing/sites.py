@@ -38,7 +38,9 @@ class Calibration:
     """What ``ModelAdapter.calibrate`` measured and verified on real data: all the engine relies on.
 
     ``offsets``: each slot's constant (its value minus its parents' outputs); ``shortcuts``: per site, the
-    verified cheaper way to run it; ``early_stops``: sites a clean pass may stop at; ``uses_context``: whether
+    verified cheaper way to run it; ``together``: per site whose shortcut was verified in a group call (the adapter's
+    ``_shortcut_groups``), that group's index: sites with the same index may run in one call (``run_together``);
+    ``early_stops``: sites a clean pass may stop at; ``uses_context``: whether
     a site's output depends on the raw input beyond its slots; ``n_positions``: length of the position axis
     (None without one); ``rows``: calibration rows (the decomposition and the clean shortcut check use all);
     ``check_rows``: rows of the structural checks (mixed slots, shuffled context); ``calls`` and ``rows_run``:
@@ -54,6 +56,7 @@ class Calibration:
     check_rows: int
     calls: dict[str, int]
     rows_run: dict[str, int]
+    together: dict[str, int] = field(default_factory=dict)
 
 
 def calibration_rows(n_examples: int, n_refs: int | None = None) -> int:
@@ -92,6 +95,8 @@ class ModelAdapter:
 
     def __init__(self) -> None:
         self.calibration: Calibration | None = None
+        self._groups_of: Calibration | None = None  # the calibration ``_groups_cache`` was built for
+        self._groups_cache: list = []
         self._calls: dict[str, int] = {}
         self._rows: dict[str, int] = {}
 
@@ -177,6 +182,27 @@ class ModelAdapter:
         """The site's output given its slots; through its verified shortcut unless ``shortcut=False``."""
         fn = self.shortcuts.get(site, self._run) if shortcut else self._run
         return self._guarded(fn, site, slot_inputs, inputs)
+
+    def run_together(self, names: list[str], slot_inputs: Mapping, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Several sites' outputs, each from its own slots (``slot_inputs`` keyed (site, slot), the same rows for
+        all): in one model call where calibration verified them in one group call (``together``: the heads of
+        a block, say, cost one block instead of one each), else one ``run`` per site. Rows of different sites
+        may come from different examples: a group call's outputs follow each site's own slots only, which
+        calibration checked (with ``uses_context`` False, ``inputs`` then matters to none of them)."""
+        together = self.calibration.together if self.calibration is not None else {}
+        groups = {together.get(name) for name in names}
+        if len(names) > 1 and len(groups) == 1 and None not in groups and not self.uses_context:
+            call, _ = self._groups()[groups.pop()]
+            return self._guarded_many(call, slot_inputs, inputs, list(names), f"sites {', '.join(names)} together")
+        return {name: self.run(name, {slot: slot_inputs[(name, slot)] for slot in self.sites[name].slots}, inputs)
+                for name in names}
+
+    def _groups(self) -> list[tuple[Callable, dict[str, int]]]:
+        """``_shortcut_groups()`` of the current calibration (rebuilt when it changes: a calibration installed
+        from another process names groups by index)."""
+        if self._groups_of is not self.calibration:
+            self._groups_cache, self._groups_of = self._shortcut_groups(), self.calibration
+        return self._groups_cache
 
     def slot_input(self, site: str, slot: str, parent_outputs: list[torch.Tensor]) -> torch.Tensor:
         """A slot's value from its parents' outputs: their sum plus the calibrated constant."""
@@ -292,7 +318,7 @@ class ModelAdapter:
                 self._unchanged(readings)
                 del readings, outputs, slots, blocks
         return Calibration(offsets, checks.verified, early, uses_context, positions, n, check_rows,
-                           dict(self._calls), dict(self._rows))
+                           dict(self._calls), dict(self._rows), dict(checks.together))
 
     def _check_deterministic(self, inputs, readings) -> None:
         """Read the first rows again: a model that gives other values on the same input (noise in eval mode) would
@@ -432,14 +458,17 @@ class ModelAdapter:
                 for name in names}
 
     def _guarded_all(self, slot_inputs, inputs, names):
+        return self._guarded_many(self._run_all, slot_inputs, inputs, names, "a pass with every site patched")
+
+    def _guarded_many(self, call, slot_inputs, inputs, names, what: str):
         try:
-            return self._run_all(slot_inputs, inputs, names)
+            return call(slot_inputs, inputs, names)
         except ModelError:
             self.restore()
             raise
         except Exception as exc:  # noqa: BLE001
             self.restore()
-            raise ModelError(f"the model raised in a pass with every site patched: {type(exc).__name__}: {exc}") from exc
+            raise ModelError(f"the model raised in {what}: {type(exc).__name__}: {exc}") from exc
 
     def _run_all(self, slot_inputs: dict[tuple[str, str], torch.Tensor], inputs: torch.Tensor,
                  names: list[str]) -> dict[str, torch.Tensor]:
@@ -630,6 +659,7 @@ class _ShortcutChecks:
         self.deferred: set[str] = set()
         self.seen: dict[str, dict] = {name: {} for name in self.options}
         self.verified: dict[str, Callable] = {}
+        self.together: dict[str, int] = {}  # site -> the group whose call verified its shortcut
         self.depth = max((k for _, members in self.groups for k in members.values()), default=-1)
 
     def current(self, name: str):
@@ -685,7 +715,10 @@ class _ShortcutChecks:
         if index != self.last or self.since[name] > 0:
             return None
         if all(bool((dev <= tolerance(scale, self.rtol)).all()) for dev, scale in seen.values()):
-            self.verified[name] = self.adapter._shortcuts(name)[self.options[name][self.at[name]][1]]
+            option = self.options[name][self.at[name]]
+            self.verified[name] = self.adapter._shortcuts(name)[option[1]]
+            if option[0] == "group":
+                self.together[name] = option[2]
             self.at[name] = len(self.options[name])
         else:
             self._advance(name, index)

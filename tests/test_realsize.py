@@ -4,6 +4,8 @@ with grouped-query attention) scrubbed exactly as the reference does."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from scrubbing import plan as plan_module
 from scrubbing.adapters import HookedAdapter
 from scrubbing.execute import Engine
 from scrubbing.plan import Recompute
+from scrubbing.reference import reference_outputs
 from scrubbing.sites import ModelAdapter
 
 from .conftest import bound_and_plan, engine_and_reference, plan_for, random_tokens, tiny_transformer
@@ -129,6 +132,10 @@ class _Counting(HookedAdapter):
         self._count("run_all")
         return super()._run_all(*args, **kwargs)
 
+    def _mlps(self, *args, **kwargs):
+        self._count("mlps")
+        return super()._mlps(*args, **kwargs)
+
 
 def _calibration_calls(n_layers: int, n_heads: int) -> dict[str, int]:
     model = tiny_transformer(n_layers=n_layers, n_heads=n_heads)
@@ -137,23 +144,23 @@ def _calibration_calls(n_layers: int, n_heads: int) -> dict[str, int]:
     calibration = adapter.calibrate(data.inputs)
     assert set(adapter.shortcuts) == set(adapter.sites) - {"embed"}
     assert calibration.calls == {"clean": adapter.counted["clean"], "run_all": adapter.counted["run_all"],
-                                 "group": adapter.counted["block"]}
+                                 "group": adapter.counted["block"] + adapter.counted["mlps"]}
     # rows: the clean pass on all 64, a stopped one on 4 and a full one on 4 (determinism); the patched pass on two mixed halves of
-    # m = 64 / 8 rows; each block call on the 64 clean rows and the two halves
+    # m = 64 / 8 rows; each block call (and the one call of every MLP on its own) on the 64 clean rows and the two halves
     assert calibration.rows == 64 and calibration.check_rows == 8
-    assert calibration.rows_run == {"clean": 64 + 4 + 4, "run_all": 2 * 8, "group": (n_layers + 1) * (64 + 2 * 8)}
+    assert calibration.rows_run == {"clean": 64 + 4 + 4, "run_all": 2 * 8, "group": (n_layers + 2) * (64 + 2 * 8)}
     return adapter.counted
 
 
 def test_calibration_makes_a_constant_number_of_passes():
     """The stated cost (``ModelAdapter.calibrate``): one clean pass with slots, one stopped clean pass on 4 rows
-    and one full one on them (determinism), one pass with every site patched, and one block call per block start (the blocks and the output),
-    each running about one block: about four clean passes of the calibration rows in all, whatever the number
-    of heads or layers. Never one call per site."""
+    and one full one on them (determinism), one pass with every site patched, one block call per block start (the blocks and the output),
+    each running about one block, and one call running every MLP on its own slot: about four clean passes of the
+    calibration rows in all, whatever the number of heads or layers. Never one call per site."""
     few, many_heads, many_layers = _calibration_calls(2, 2), _calibration_calls(2, 8), _calibration_calls(6, 2)
     assert few == many_heads, (few, many_heads)  # 4x the heads: the same calls
     for calls, n_layers in ((few, 2), (many_layers, 6)):
-        assert calls == {"clean": 3, "run_all": 1, "block": n_layers + 1}, calls
+        assert calls == {"clean": 3, "run_all": 1, "block": n_layers + 1, "mlps": 1}, calls
 
 
 def test_calibration_is_a_public_object_sized_to_the_references():
@@ -251,3 +258,49 @@ def test_hand_written_hook_loop_computes_the_engines_scrub(shape):
         clean = bridge(data.inputs[plan.refs])
     assert (engine - clean).abs().max() > 0.1
     torch.testing.assert_close(by_hand, engine, atol=1e-4, rtol=0)
+
+
+# -- a block's sites in one call -------------------------------------------------------------------------------
+def _packed_hypothesis() -> Hypothesis:
+    """Recomputations through layers 0 and 1 for several nodes; ``side`` claims a0.2, so that head's rows are
+    side's instances only while the other heads of layer 0 are recomputed for ``early`` and ``late``: a step's
+    sites with different row counts."""
+    h = Hypothesis("packed", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs % 2)
+    h.node("side", "a0.2", lambda d: d.inputs[:, 0] % 3, parents=["tok"])
+    h.node("early", "a1.0", lambda d: d.inputs[:, 1] % 2, parents=["tok"])
+    h.node("late", "a2.1", lambda d: d.inputs[:, -1] % 2, parents=[Edge("early", into="q"), Edge("tok", into="v")])
+    h.output(parents=["late", "side"])
+    return h
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "neox", "llama"])
+def test_a_blocks_heads_run_in_one_call_as_each_would_alone(kind):
+    """The engine runs the heads of a block (and, where calibration verified it, every MLP on its own slot) in one
+    call per batch, row i of each head beside row i of the others, a head with fewer rows repeating its last: the
+    outputs are the reference's, and those of one call per site, in fewer calls. Batches of 5 rows, so later
+    batches hold only the heads with that many rows."""
+    pytest.importorskip("transformers")
+    from benchmarks.perf.realsize import boot, tokens
+
+    from scrubbing.execute import _Compiler
+
+    bridge = boot(kind, n_layers=3, n_heads=4, d_model=16, vocab=11, n_ctx=5)
+    data = tokens(60, 5, 11)
+    adapter = HookedAdapter.for_bridge(bridge)
+    adapter.calibrate(data.inputs[:32])
+    bound, plan = bound_and_plan(_packed_hypothesis(), adapter, data, torch.arange(8), seed=3)
+    packed = Engine(adapter, data, batch_size=5)
+    compiled = _Compiler(adapter, len(data), plan, packed.levels())
+    compiled.compile()
+    counts = [[compiled.count[site] for site in step if site in compiled.requests] for step in packed.steps(compiled)]
+    assert any(len(set(step)) > 1 for step in counts), counts  # a step whose sites have different row counts
+    got = packed.outputs(plan)
+    torch.testing.assert_close(got, reference_outputs(plan, adapter, data, bound), atol=1e-5, rtol=1e-4)
+
+    adapter.calibration = dataclasses.replace(adapter.calibration, together={})  # every site in a call of its own
+    alone = Engine(adapter, data, batch_size=5)
+    torch.testing.assert_close(got, alone.outputs(plan), atol=1e-6, rtol=1e-5)
+    assert packed.stats["computed_rows"] == alone.stats["computed_rows"]
+    assert packed.stats["model_calls"] < 0.6 * alone.stats["model_calls"]
+    assert packed.stats["run_rows"] < alone.stats["run_rows"] == alone.stats["computed_rows"]

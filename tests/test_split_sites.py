@@ -217,7 +217,7 @@ def test_split_sites_calibrate_in_a_few_batched_passes_deciding_what_site_by_sit
     model = tiny_transformer(seed=1, n_layers=2, n_heads=2, n_ctx=3)
     inputs = random_tokens(64, 3, 5, seed=1).inputs
     batched = split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1)).calibrate(inputs)
-    assert batched.calls == {"clean": 3, "run_all": 1, "group": 3}
+    assert batched.calls == {"clean": 3, "run_all": 1, "group": 4}  # 3 block starts, all MLPs on their own
     monkeypatch.setattr(type(split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1))),
                         "_can_run_all", lambda self: False)
     alone = split_sites(HookedAdapter.for_transformer(model, 2, 2), *_splits(kind, 1)).calibrate(inputs)

@@ -196,8 +196,38 @@ class HookedAdapter(ModelAdapter):
         return self._patched(site, slot_inputs, lambda: self.model(inputs))
 
     def _shortcuts(self, site):
-        return [partial(self._from_layer, layer=layer, entry=entry, skip=skip)
-                for layer, entry, skip in self._starts.get(site, [])]
+        direct = [partial(self._mlp_alone, layer=layer) for layer in self._mlp_layer(site)]
+        return direct + [partial(self._from_layer, layer=layer, entry=entry, skip=skip)
+                         for layer, entry, skip in self._starts.get(site, [])]
+
+    def _mlp_layer(self, site) -> list[int]:
+        """[L] where the site is block L's MLP (its one slot ``hook_mlp_in``, its output ``hook_mlp_out``) and the
+        block has ``ln2`` and ``mlp`` modules to call; else []."""
+        spec = self.spec[site]
+        slot = next(iter(spec.slots.values()), None)
+        if len(spec.slots) != 1 or spec.output is None or slot.layer is None or slot.head is not None:
+            return []
+        layer = slot.layer
+        blocks = getattr(self.model, "blocks", None)
+        block = blocks[layer] if blocks is not None and layer < len(blocks) else None
+        if (slot.hook != f"blocks.{layer}.hook_mlp_in" or spec.output.hook != f"blocks.{layer}.hook_mlp_out"
+                or not all(isinstance(getattr(block, name, None), torch.nn.Module) for name in ("ln2", "mlp"))):
+            return []
+        return [layer]
+
+    def _mlp_alone(self, site, slot_inputs, inputs, layer: int):
+        """Block ``layer``'s MLP on its slot: ``_mlps`` for this one site."""
+        return self._mlps({(site, "in"): slot_inputs["in"]}, inputs, [site])[site]
+
+    def _mlps(self, slot_inputs, inputs, names):
+        """MLP sites on their slots, each block's modules called directly (``mlp(ln2(in))``): no attention runs
+        before them, as in a pass started at the block. Used only where calibration verified it."""
+        out = {}
+        with torch.no_grad():
+            for name in names:
+                block = self.model.blocks[self._mlp_layer(name)[0]]
+                out[name] = block.mlp(block.ln2(slot_inputs[(name, "in")]))
+        return out
 
     def _from_layer(self, site, slot_inputs, inputs, layer: int, entry: str, skip: bool = False):
         """Start the forward pass at block ``layer`` (TransformerLens's ``start_at_layer``) with the ``entry``
@@ -214,11 +244,14 @@ class HookedAdapter(ModelAdapter):
         groups: dict[tuple[int, bool], dict[str, int]] = {}
         entries: dict[tuple[int, bool], dict[str, str]] = {}
         for name, starts in self._starts.items():
-            for k, (layer, entry, skip) in enumerate(starts):
+            before = len(self._mlp_layer(name))  # options ahead of the block starts
+            for k, (layer, entry, skip) in enumerate(starts, start=before):
                 groups.setdefault((layer, skip), {})[name] = k
                 entries.setdefault((layer, skip), {})[name] = entry
-        return [(partial(self._from_block, layer=layer, entries=entries[(layer, skip)], skip=skip), members)
-                for (layer, skip), members in sorted(groups.items())]
+        mlps = {name: 0 for name in self.spec if self._mlp_layer(name)}  # every MLP called directly: option 0
+        return ([(self._mlps, mlps)] if mlps else []) + [
+            (partial(self._from_block, layer=layer, entries=entries[(layer, skip)], skip=skip), members)
+            for (layer, skip), members in sorted(groups.items())]
 
     def _from_block(self, slot_inputs, inputs, names, layer: int, entries: dict[str, str], skip: bool = False):
         """Many sites' ``_from_layer`` in one call: start at block ``layer`` with the first site's entry slot
