@@ -84,6 +84,7 @@ def scrub(
         tolerance = check_tolerance(tolerance)
     except ValueError as err:
         raise ScrubError(str(err)) from None
+    device = _usable_device(device)
     adapter, data = task.adapter, task.data
     if len(data) < MIN_REFS:
         raise ScrubError(f"task {task.name!r} has only {len(data)} examples; a run needs at least {MIN_REFS} "
@@ -168,6 +169,19 @@ def calibrate_once(adapter, data, n_refs: int | None = None) -> None:
 
         device = _device_of(getattr(adapter, "model", None))
         adapter.calibrate(data.inputs[: calibration_rows(len(data), n_refs)].to(device))
+
+
+def _usable_device(device) -> torch.device | None:
+    """``device`` as a torch device this process can allocate on; a ``ScrubError`` saying why not otherwise."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as err:
+        available = ", ".join(["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+        raise ScrubError(f"device {str(device)!r} cannot be used here ({err}); devices available: {available}.") from None
+    return device
 
 
 def _device_of(module) -> torch.device:

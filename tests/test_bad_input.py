@@ -162,3 +162,11 @@ def test_adversarial_regimes_need_a_search_split(small):
     model, data, adapter = small
     with pytest.raises(ScrubError, match=r"need a held-out search split.*lower n_refs to at most 10"):
         scrub(_leaf_and_head(), _task(adapter, data), n_refs=40)
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:7" if torch.cuda.is_available() else "cuda"])
+def test_a_device_this_process_cannot_use_is_refused_before_anything_runs(small, device):
+    model, data, adapter = small
+    with pytest.raises(ScrubError, match=rf"device '{device}' cannot be used here .*devices available: cpu"):
+        scrub(_leaf_and_head(), _task(adapter, data), n_refs=20, regimes=["random"], device=device)
+    assert next(model.parameters()).device.type == "cpu"
