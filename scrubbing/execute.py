@@ -33,9 +33,11 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of recomputed rows held at once: fits
 class Engine:
     """Execute plans on one model and dataset.
 
-    ``batch_size`` bounds each model call; ``chunk_refs`` bounds how many references are compiled and
-    executed at once, and ``memory_budget`` (bytes) lowers that further so the recomputed rows of a chunk
-    fit: peak memory does not grow with the number of references (sharing happens within a chunk).
+    ``batch_size`` bounds the rows of each model call; ``chunk_refs`` bounds how many references are compiled
+    and executed at once. ``memory_budget`` (bytes) lowers both: a quarter of it bounds what one model call
+    holds (its readings, or its slot inputs and the model's copies of them), the rest a chunk's banks (clean and
+    recomputed rows) and its largest step's slot inputs, so peak memory follows the budget, not the number of
+    references (sharing happens within a chunk).
     """
 
     def __init__(self, adapter: ModelAdapter, data: Dataset, batch_size: int = 1024, chunk_refs: int = 2048,
@@ -92,23 +94,33 @@ class Engine:
             self._levels = levels
         return self._levels
 
-    def _refs_that_fit(self, compiled: "_Compiler", refs: int) -> int:
-        """How many of the chunk's references fit ``memory_budget``: its banks (clean rows and fresh ones) and
-        the largest step's slot inputs, at one row's bytes per site."""
-        if not compiled.count or refs <= 1:
-            return refs
+    def row_bytes(self) -> dict[str, int]:
+        """Bytes of one row of each site's output (measured once, on one example's clean pass)."""
         if self._row_bytes is None:
             clean = self.adapter.clean(self.inputs[:1])
             self._row_bytes = {name: value[0].numel() * value.element_size() for name, value in clean.items()}
-        row = self._row_bytes
+        return self._row_bytes
+
+    def call_rows(self, row_bytes: int) -> int:
+        """Rows per model call: ``batch_size``, fewer where a call holding ``row_bytes`` per row would not fit a
+        quarter of the memory budget."""
+        return max(1, min(self.batch_size, self.memory_budget // 4 // max(1, row_bytes)))
+
+    def _refs_that_fit(self, compiled: "_Compiler", refs: int) -> int:
+        """How many of the chunk's references fit the memory budget left beside one call: its banks (clean
+        rows and fresh ones) and the largest step's slot inputs, at one row's bytes per site."""
+        if not compiled.count or refs <= 1:
+            return refs
+        row = self.row_bytes()
         layout = _Layout(compiled, self.adapter, len(self.data))
         need = sum(rows * row.get(site, 0) for site, rows in layout.size.items())
         sites = self.adapter.sites
         need += max((sum(compiled.count.get(site, 0) * len(sites[site].slots) * row.get(site, 0) for site in step)
                      for step in self.steps(compiled)), default=0)  # a step's slot inputs, held while it runs
-        if need <= self.memory_budget:
+        budget = self.memory_budget - self.memory_budget // 4
+        if need <= budget:
             return refs
-        return max(1, min(refs - 1, int(refs * self.memory_budget / need)))
+        return max(1, min(refs - 1, int(refs * budget / need)))
 
     # -- execution ---------------------------------------------------------------------
     def _execute(self, compiled: "_Compiler") -> torch.Tensor:
@@ -159,10 +171,11 @@ class Engine:
         names = list(self.adapter.sites)
         start_s = time.perf_counter()
         depth = layout.depth
+        size = self.call_rows(sum(self.row_bytes().values()))  # a clean pass holds every site's reading
         for level in torch.unique(depth).tolist():
             rows = torch.nonzero(depth == level)[:, 0]
-            for start in range(0, len(rows), self.batch_size):
-                batch = rows[start:start + self.batch_size]
+            for start in range(0, len(rows), size):
+                batch = rows[start:start + size]
                 inputs = self.inputs[layout.examples[batch].to(self.inputs.device)]
                 outputs = self.adapter.clean(inputs, upto=names[level])
                 for name in names[:level + 1]:  # a full pass reads deeper sites too: their banks start later
@@ -199,9 +212,11 @@ class Engine:
         if not work:
             return
         longest = max(len(dest) for *_, dest in work)
-        for start in range(0, longest, self.batch_size):
+        row = self.row_bytes()  # a call holds its slot inputs and the model's copies of them
+        size = self.call_rows(2 * sum(len(joined) * row.get(site, 0) for site, joined, _, _ in work))
+        for start in range(0, longest, size):
             active = [w for w in work if len(w[3]) > start]
-            stop = min(start + self.batch_size, max(len(w[3]) for w in active))
+            stop = min(start + size, max(len(w[3]) for w in active))
             given = {(site, slot): _rows(value, start, stop) for site, joined, _, _ in active
                      for slot, value in joined.items()}
             context = _rows(active[0][2], start, stop)
