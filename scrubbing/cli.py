@@ -17,7 +17,7 @@ from .checks import failures, judged
 from .errors import ScrubError
 from .regimes import REGIMES
 from .report import Report
-from .run import DEFAULT_BUDGET, DEFAULT_N_REFS, scrub
+from .run import DEFAULT_BUDGET, DEFAULT_MEMORY_BUDGET, DEFAULT_N_REFS, scrub
 from .verdict import DEFAULT_TOLERANCE
 
 
@@ -65,9 +65,23 @@ def _run_plainly(loaded: list[suite.HypothesisFile], args, console: Console) -> 
     return Report(runs)
 
 
+def _bytes(text: str) -> int:
+    """A size such as 512M, 8G or 1500000 (bytes), for --memory."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    text = text.strip().upper().removesuffix("B")
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 512M, 8G or a number of bytes") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the memory budget must be at least one byte")
+    return int(value)
+
+
 def _options(args) -> dict:
     return dict(n_refs=args.n_refs, seed=args.seed, regimes=args.regimes, budget=args.budget, device=args.device,
-                chunk_refs=args.chunk_refs, batch_size=args.batch_size, pool=args.pool, tolerance=args.tolerance)
+                chunk_refs=args.chunk_refs, batch_size=args.batch_size, memory_budget=args.memory, pool=args.pool,
+                tolerance=args.tolerance)
 
 
 def _run_on_ray(loaded, args, console: Console) -> Report:
@@ -81,7 +95,8 @@ def _run_on_ray(loaded, args, console: Console) -> Report:
         return Report(distributed.run_suite(jobs, _options(args)))
     runs = []
     for file in loaded:
-        evaluator = distributed.RayEvaluator(file.task, batch_size=args.batch_size, chunk_refs=args.chunk_refs)
+        evaluator = distributed.RayEvaluator(file.task, batch_size=args.batch_size, chunk_refs=args.chunk_refs,
+                                             memory_budget=args.memory)
         try:
             runs += [scrub(h, file.task, evaluator=evaluator, **_options(args)) for h in file.hypotheses]
         finally:
@@ -125,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="references held in memory at once: lower it to bound peak memory")
         p.add_argument("--batch-size", type=int, default=1024,
                        help="rows per model call: lower it to bound the memory of one forward pass")
+        p.add_argument("--memory", type=_bytes, default=DEFAULT_MEMORY_BUDGET, metavar="SIZE",
+                       help="what the engine may hold at once, e.g. 512M or 8G (default 2G): it lowers the "
+                            "references per chunk and the rows per call to fit; more memory, fewer repeated clean passes")
         p.add_argument("--pool", type=int, help="opt-in: draw each class's sources from at most this many members")
         p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                        help="run on Ray: a local cluster, or the one at ADDRESS ('auto': the running local one)")

@@ -19,6 +19,7 @@ from functools import partial
 import numpy as np
 
 from .errors import ScrubError
+from .execute import DEFAULT_MEMORY_BUDGET
 from .sites import Calibration
 
 _RETRIES = 3
@@ -102,12 +103,12 @@ class _SearchWorker:
     restarted worker included.
     """
 
-    def __init__(self, task, batch_size: int, chunk_refs: int):
+    def __init__(self, task, batch_size: int, chunk_refs: int, memory_budget: int = DEFAULT_MEMORY_BUDGET):
         import torch
 
         torch.set_num_threads(1)
         self.task = task
-        self.batch_size, self.chunk_refs = batch_size, chunk_refs
+        self.batch_size, self.chunk_refs, self.memory_budget = batch_size, chunk_refs, memory_budget
         self.calibration_key = None
         self.engine = None
         self.bound = {}
@@ -125,7 +126,8 @@ class _SearchWorker:
         if isinstance(shipped, list):  # [object-store reference]: fetched only when the key is new
             shipped = _ray().get(shipped[0])
         shipped.install(self.task.adapter)
-        self.engine = Engine(self.task.adapter, self.task.data, batch_size=self.batch_size, chunk_refs=self.chunk_refs)
+        self.engine = Engine(self.task.adapter, self.task.data, batch_size=self.batch_size, chunk_refs=self.chunk_refs,
+                             memory_budget=self.memory_budget)
         self.bound = {}
         self.calibration_key = key
 
@@ -154,14 +156,15 @@ class RayEvaluator:
     """
 
     def __init__(self, task, n_workers: int | None = None, batch_size: int = 1024, chunk_refs: int = 2048,
-                 retries: int = _RETRIES):
+                 retries: int = _RETRIES, memory_budget: int = DEFAULT_MEMORY_BUDGET):
         ray = _ray()
         self.ray = ray
         self.retries = retries
         self.task = task
         self.task_ref = ray.put(task)  # the model and data enter the object store once (kept alive for restarts)
         actor = ray.remote(max_restarts=retries, max_task_retries=retries)(_SearchWorker)
-        self.actors = [actor.remote(self.task_ref, batch_size, chunk_refs) for _ in range(n_workers or workers(ray))]
+        self.actors = [actor.remote(self.task_ref, batch_size, chunk_refs, memory_budget)
+                       for _ in range(n_workers or workers(ray))]
         self.width = len(self.actors)
         self.task_name = task.name
         self._shipped: tuple = (None, None, None)  # (calibration object, key, [object-store reference])

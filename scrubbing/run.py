@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .errors import ScrubError
-from .execute import Engine
+from .execute import DEFAULT_MEMORY_BUDGET, Engine
 from .hypothesis import Hypothesis
 from .plan import make_plan
 from .families import DEFAULT_FAMILIES, Family
@@ -42,6 +42,7 @@ def scrub(
     n_boot: int = 1000,
     batch_size: int = 1024,
     chunk_refs: int = 2048,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
     device: str | None = None,
     pool: int | None = None,
     evaluator=None,
@@ -57,7 +58,7 @@ def scrub(
     search's scrub evaluations; ``families`` are the adversary's candidate refinements.
     ``progress(label, total)``, if given, is a context manager yielding a step function.
     ``batch_size`` bounds one model call and ``chunk_refs`` the references held in memory
-    at once; ``device`` runs the model there for the run (and moves it back afterwards).
+    at once; ``memory_budget`` (bytes) bounds what the engine holds, lowering both (``Engine``); ``device`` runs the model there for the run (and moves it back afterwards).
     ``pool`` (opt-in) draws each class's sources from at most that many members: faster
     through sharing, at a statistical cost (see README). ``evaluator`` spreads the adversarial
     searches' candidate evaluations (``distributed.RayEvaluator``); results do not change.
@@ -72,7 +73,7 @@ def scrub(
     if not regimes:
         raise ScrubError(f"no regime to run; choose from {list(REGIMES)}.")
     for name, value in (("n_refs", n_refs), ("budget", budget), ("n_boot", n_boot), ("batch_size", batch_size),
-                        ("chunk_refs", chunk_refs)):
+                        ("chunk_refs", chunk_refs), ("memory_budget", memory_budget)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ScrubError(f"{name} must be a whole number of at least 1; got {value!r}.")
     if n_refs < MIN_REFS:
@@ -107,7 +108,8 @@ def scrub(
                 f"only {len(search_refs)} of the {n} examples are left after {n_refs} references; {fix}, or run "
                 "only the random regime (regimes=['random'], --regimes random)."
             )
-        engine = Engine(adapter, data, batch_size=batch_size, chunk_refs=chunk_refs, device=device)
+        engine = Engine(adapter, data, batch_size=batch_size, chunk_refs=chunk_refs, device=device,
+                        memory_budget=memory_budget)
         scorer = Scorer(engine, task, bound, progress)
 
         model = scorer.clean(refs)

@@ -432,3 +432,6 @@ def test_memory_budget_splits_references_into_chunks_with_the_same_outputs(small
     small_budget = Engine(adapter, data, memory_budget=4096)
     torch.testing.assert_close(small_budget.outputs(plan), expected, atol=1e-5, rtol=1e-5)
     assert whole.stats["chunks"] == 1 < small_budget.stats["chunks"]
+    # a quarter of the budget bounds one call's slot inputs and readings: calls of fewer rows than batch_size
+    assert small_budget.stats["model_calls"] > whole.stats["model_calls"]
+    assert small_budget.call_rows(sum(small_budget.row_bytes().values())) < small_budget.batch_size

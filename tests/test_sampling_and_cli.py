@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from scrubbing.cli import main
@@ -65,3 +67,13 @@ def test_scrub_reports_bad_files(tmp_path, capsys):
     bad.write_text("hypotheses = []\n")
     assert main(["run", str(bad), "--quiet"]) == 2
     assert "defines no 'task'" in capsys.readouterr().out
+
+
+def test_memory_sizes_on_the_command_line():
+    from scrubbing.cli import _bytes
+
+    assert _bytes("512M") == 512 * 2**20 and _bytes("8g") == 8 * 2**30 and _bytes("1.5GB") == 3 * 2**29
+    assert _bytes("4096") == 4096
+    for bad in ("3X", "", "0", "-1G"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _bytes(bad)
