@@ -25,7 +25,7 @@ import torch
 
 from .errors import ModelError, ScrubError
 from .plan import FromDraw, FromOwn, FromParent, Plan, Recompute
-from .sites import Dataset, ModelAdapter
+from .sites import Dataset, ModelAdapter, parent_sum
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of recomputed rows held at once: fits a laptop
 
@@ -58,13 +58,14 @@ class Engine:
         self.seconds: dict = {"clean_bank": 0.0, "sites": {}}
         self._row_bytes: dict[str, int] | None = None
         self._levels: dict[str, list[int]] | None = None
+        self.prefixes: dict[tuple[str, ...], Prefix] = {}  # residual states by parent list, shared by chunks
 
     def outputs(self, plan: Plan) -> torch.Tensor:
         """The scrubbed output of every reference, in plan order."""
         outputs, start, size = [], 0, self.chunk_refs
         while start < len(plan.refs):
             chunk = plan.chunk(start, start + size)
-            compiled = _Compiler(self.adapter, len(self.data), chunk, self.levels())
+            compiled = _Compiler(self.adapter, len(self.data), chunk, self.levels(), self.prefixes)
             compiled.compile()
             fit = self._refs_that_fit(compiled, len(chunk.refs))
             if fit < len(chunk.refs):
@@ -113,7 +114,7 @@ class Engine:
             return refs
         row = self.row_bytes()
         layout = _Layout(compiled, self.adapter, len(self.data))
-        need = sum(rows * row.get(site, 0) for site, rows in layout.size.items())
+        need = sum(rows * row.get(key.last if isinstance(key, Prefix) else key, 0) for key, rows in layout.size.items())
         sites = self.adapter.sites
         need += max((sum(compiled.count.get(site, 0) * len(sites[site].slots) * row.get(site, 0) for site in step)
                      for step in self.steps(compiled)), default=0)  # a step's slot inputs, held while it runs
@@ -135,7 +136,7 @@ class Engine:
             for name in step:
                 for offset, sources in compiled.assemblies.get(name, []):
                     value = _gather(bank[name], layout.locate(name, sources))
-                    start = layout.n_clean[name] + offset
+                    start = layout.clean_rows(name) + offset
                     _write(bank, layout.size, name, slice(start, start + len(sources)), value)
         out_site = adapter.output
         return bank[out_site][layout.locate(out_site, compiled.output_rows).to(bank[out_site].device)]
@@ -163,25 +164,32 @@ class Engine:
             members.add(name)
         return steps
 
-    def _clean_bank(self, layout: "_Layout") -> dict[str, torch.Tensor]:
-        """Clean outputs of the sites read cleanly, on the layout's examples, each pass run only as far as the
-        deepest site read on its examples (a site's bank holds the examples that reach it). Each bank also has
-        room for the site's recomputations, after the clean rows, so nothing is copied twice."""
-        bank: dict[str, torch.Tensor] = {}
+    def _clean_bank(self, layout: "_Layout") -> dict:
+        """Clean values read on the layout's examples: site outputs, and residual states (``Prefix``: the sum of
+        a parent list's outputs). Each pass runs only as far as the deepest key read on its examples, and each
+        key's bank holds the examples it is read on, with room after them for the site's recomputations."""
+        bank: dict = {}
         names = list(self.adapter.sites)
         start_s = time.perf_counter()
         depth = layout.depth
         size = self.call_rows(sum(self.row_bytes().values()))  # a clean pass holds every site's reading
         for level in torch.unique(depth).tolist():
             rows = torch.nonzero(depth == level)[:, 0]
+            keys = layout.keys_upto(level)
             for start in range(0, len(rows), size):
-                batch = rows[start:start + size]
-                inputs = self.inputs[layout.examples[batch].to(self.inputs.device)]
-                outputs = self.adapter.clean(inputs, upto=names[level])
-                for name in names[:level + 1]:  # a full pass reads deeper sites too: their banks start later
-                    if layout.n_clean[name]:
-                        value = outputs[name]
-                        _write(bank, layout.size, name, (batch - layout.first[name]).to(value.device), value)
+                examples = layout.examples[rows[start:start + size]]
+                outputs = self.adapter.clean(self.inputs[examples.to(self.inputs.device)], upto=names[level])
+                states: dict = {(): 0}
+                for key in keys:
+                    held = layout.held[key]
+                    where = torch.searchsorted(held, examples)
+                    hit = held[where.clamp(max=len(held) - 1)] == examples
+                    if not bool(hit.any()):
+                        continue
+                    value = parent_sum(key.parents, outputs, states) if isinstance(key, Prefix) else outputs[key]
+                    if not bool(hit.all()):
+                        value = value[hit.to(value.device)]
+                    _write(bank, layout.size, key, where[hit].to(value.device), value)
         self.seconds["clean_bank"] += time.perf_counter() - start_s
         return bank
 
@@ -205,8 +213,8 @@ class Engine:
                         0, request.fresh.to(value.device))]))
                     _release(total)
                 contexts.append(request.node.contexts[request.fresh])
-            dest = layout.n_clean[site] + torch.cat([torch.arange(r.offset, r.offset + len(r.fresh))
-                                                     for r in requests])
+            dest = layout.clean_rows(site) + torch.cat([torch.arange(r.offset, r.offset + len(r.fresh))
+                                                        for r in requests])
             work.append((site, {slot: torch.cat(parts) for slot, parts in slot_inputs.items()}, torch.cat(contexts),
                          dest))
         if not work:
@@ -243,53 +251,76 @@ class Engine:
             total = total.pred
         for node in reversed(chain):
             value, owned = (None, False) if node.pred is None else (node.pred.value, False)
-            for parent, ids in node.extras:
-                picked = bank[parent].index_select(0, locate(parent, ids).to(bank[parent].device))
+            for key, ids, sign in node.extras:
+                picked = bank[key].index_select(0, locate(key, ids).to(bank[key].device))
                 self.stats["gathered_rows"] += len(ids)
                 if value is None:
-                    value, owned = picked, True
+                    value, owned = (picked, True) if sign > 0 else (-picked, True)
                 elif owned:
-                    value.add_(picked)
+                    value.add_(picked, alpha=sign)
                 else:  # the predecessor's value is shared: add into a new tensor
-                    value, owned = value + picked, True
+                    value, owned = torch.add(value, picked, alpha=sign), True
             node.value = value
             if node.pred is not None:
                 _release(node.pred)
         return chain[0].value if chain else total.value
 
 
-class _Layout:
-    """Where each row of a chunk lives: per site, a bank of its clean rows then its fresh ones.
+class Prefix:
+    """A residual state: the sum of the clean outputs of ``parents`` (a prefix of some site's parent list) on an
+    example. What a hypothesis leaves out is read as states (one row, not one per site), interned per engine."""
 
-    The examples run cleanly are those whose clean value at some site is read, ordered by ``depth`` (the last
-    site read on each, as an index into the adapter's sites), so that each clean pass writes adjacent rows and
-    the examples reaching a site are a suffix: a site's bank holds that suffix (``first``: where it starts),
-    not every clean example."""
+    __slots__ = ("parents", "last")
+
+    def __init__(self, parents: tuple[str, ...]):
+        self.parents, self.last = parents, parents[-1]
+
+    def __repr__(self) -> str:
+        return f"Prefix(..{self.last}, {len(self.parents)} sites)"
+
+
+class _Layout:
+    """Where each row of a chunk lives: per key (a site, or a ``Prefix``), a bank of its clean rows, one per
+    example it is read on (``held``, sorted), then the site's fresh rows. The examples run cleanly are ordered by
+    ``depth`` (the deepest key read on each, as an index into the adapter's sites), so that each clean pass
+    stops as early as it can and writes adjacent rows."""
 
     def __init__(self, compiled: "_Compiler", adapter: ModelAdapter, n_examples: int):
-        order = {name: i for i, name in enumerate(adapter.sites)}
-        depth = torch.full((n_examples,), -1, dtype=torch.long)
-        read: set[str] = set()
-        for site, ids in compiled.reads:
+        self.order = {name: i for i, name in enumerate(adapter.sites)}
+        parts: dict = {}
+        for key, ids in compiled.reads:
             ids = ids.reshape(-1)
             ids = ids[ids < n_examples]
             if len(ids):
-                read.add(site)
-                depth.scatter_reduce_(0, ids, torch.full_like(ids, order[site]), reduce="amax")
+                parts.setdefault(key, []).append(ids)
+        self.held = {key: torch.unique(torch.cat(ids)) for key, ids in parts.items()}
+        depth = torch.full((n_examples,), -1, dtype=torch.long)
+        for key, examples in self.held.items():
+            depth.scatter_reduce_(0, examples, torch.full_like(examples, self.depth_of(key)), reduce="amax")
         examples = torch.nonzero(depth >= 0)[:, 0]
-        examples = examples[torch.argsort(depth[examples], stable=True)]
-        self.n, self.examples, self.depth = n_examples, examples, depth[examples]
-        self.where = torch.full((n_examples,), -1, dtype=torch.long)
-        self.where[examples] = torch.arange(len(examples))
-        reach = torch.searchsorted(self.depth, torch.arange(len(order)))  # first example reaching each site
-        self.first = {name: int(reach[order[name]]) if name in read else len(examples) for name in adapter.sites}
-        self.n_clean = {name: len(examples) - self.first[name] for name in adapter.sites}
-        self.size = {name: self.n_clean[name] + compiled.count.get(name, 0) for name in adapter.sites}
+        self.n, self.examples = n_examples, examples[torch.argsort(depth[examples], stable=True)]
+        self.depth = depth[self.examples]
+        self.size = {key: len(self.held.get(key, ())) + compiled.count.get(key, 0)
+                     for key in {*self.held, *compiled.count}}
 
-    def locate(self, site: str, ids: torch.Tensor) -> torch.Tensor:
+    def depth_of(self, key) -> int:
+        return self.order[key.last if isinstance(key, Prefix) else key]
+
+    def keys_upto(self, level: int) -> list:
+        """The keys a clean pass stopping at site ``level`` writes: sites, then states by length (each sums on the
+        longest shorter one)."""
+        keys = [key for key in self.held if self.depth_of(key) <= level]
+        return sorted(keys, key=lambda key: (isinstance(key, Prefix), len(key.parents) if isinstance(key, Prefix)
+                                             else 0, self.depth_of(key)))
+
+    def clean_rows(self, key) -> int:
+        return len(self.held.get(key, ()))
+
+    def locate(self, key, ids: torch.Tensor) -> torch.Tensor:
         """Bank rows of row ids: an example's clean row, or fresh row ``id - n`` after the clean ones."""
-        n = self.n
-        return torch.where(ids < n, self.where[ids.clamp(max=n - 1)] - self.first[site], ids - n + self.n_clean[site])
+        n, held = self.n, self.held.get(key)
+        clean = torch.searchsorted(held, ids.clamp(max=n - 1)) if held is not None else torch.zeros_like(ids)
+        return torch.where(ids < n, clean, ids - n + self.clean_rows(key))
 
 
 def _release(total: "_Sum") -> None:
@@ -341,11 +372,14 @@ class _Node:
 
 
 class _Sum:
-    """A partial slot sum on every instance of a node: its predecessor's plus the parent rows in ``extras``."""
+    """A partial slot sum on every instance of a node: its predecessor's plus ``extras``, bank rows (a site's,
+    or a residual state's) each added or subtracted. ``state``: the id column ("draws", "contexts") on which
+    the sum is exactly the clean residual state, if it is one."""
 
-    def __init__(self, pred: "_Sum | None", extras: list[tuple[str, torch.Tensor]]):
+    def __init__(self, pred: "_Sum | None", extras: list[tuple[object, torch.Tensor, int]], state: str | None):
         self.pred = pred
         self.extras = extras
+        self.state = state
         self.uses = 0
         self.value: torch.Tensor | None = None
 
@@ -360,11 +394,13 @@ class _Request:
 class _Compiler:
     """Turn a plan into row requests per site (data only; nothing runs the model here)."""
 
-    def __init__(self, adapter: ModelAdapter, n_examples: int, plan: Plan, levels: dict[str, list[int]]):
+    def __init__(self, adapter: ModelAdapter, n_examples: int, plan: Plan, levels: dict[str, list[int]],
+                 prefixes: dict[tuple[str, ...], Prefix] | None = None):
         self.adapter = adapter
         self.n = n_examples
         self.plan = plan
         self.levels = levels
+        self.prefixes = {} if prefixes is None else prefixes
         self.count: dict[str, int] = {}  # fresh rows per site
         self.requests: dict[str, list[_Request]] = {}
         self.assemblies: dict[str, list[tuple[int, torch.Tensor]]] = {}
@@ -479,6 +515,7 @@ class _Compiler:
 
     def _sum(self, node: _Node, site: str, entries, sums: dict) -> _Sum:
         """The interned partial sum over ``entries`` (parent, term) in parent order, built level by level."""
+        parents = self.adapter.sites[site].parents
         total, start = None, 0
         for stop in self.levels[site]:
             if stop == start:
@@ -486,25 +523,53 @@ class _Compiler:
             part = entries[start:stop]
             key = (id(total), tuple((p, id(sub) if isinstance(sub, Recompute) else sub) for p, sub in part))
             if key not in sums:
-                extras = []
-                for parent, sub in part:
-                    if isinstance(sub, FromParent):
-                        ids = node.parents[sub.node]
-                    elif isinstance(sub, FromDraw):
-                        ids = node.draws
-                    elif isinstance(sub, FromOwn):
-                        ids = node.contexts
-                    else:
-                        ids = node.rows[id(sub)]
-                    extras.append((parent, ids))
-                    self.reads.append((parent, ids))
-                made = _Sum(total, extras)
-                if total is not None:
-                    total.uses += 1
-                sums[key] = made
+                sums[key] = self._part(node, total, parents[:start], parents[:stop], part)
             total, start = sums[key], stop
         total.uses += 1
         return total
+
+    def _part(self, node: _Node, pred: _Sum | None, before: tuple, upto: tuple, part) -> _Sum:
+        """``pred`` plus one level's entries: read entry by entry, or, where most of them are clean on one id column
+        (the node's draw r, or its own example: what the hypothesis leaves out), as the clean residual state there
+        (a ``Prefix``, one row) with each other entry swapped in (its value less its clean one): fewer reads, and
+        states in place of every left-out site's clean output."""
+        on = [_column(sub) for _, sub in part]
+        column = max(("draws", "contexts"), key=on.count)
+        ids = node.draws if column == "draws" else node.contexts
+        others = [(p, sub) for (p, sub), c in zip(part, on) if c != column]
+        fold = pred is None or pred.state == column  # pred is the state before this level on the same column
+        if (1 if fold else 2) + 2 * len(others) <= len(part) and ids is not None:
+            extras = [(self.prefix(upto), ids, 1)] + ([] if fold else [(self.prefix(before), ids, -1)])
+            for p, sub in others:
+                extras += [(p, self._ids(node, sub), 1), (p, ids, -1)]
+            made = _Sum(None if fold else pred, extras, column if fold and not others else None)
+        else:
+            made = _Sum(pred, [(p, self._ids(node, sub), 1) for p, sub in part], None)
+        if made.pred is not None:
+            made.pred.uses += 1
+        self.reads += [(key, rows) for key, rows, _ in made.extras]
+        return made
+
+    @staticmethod
+    def _ids(node: _Node, sub) -> torch.Tensor:
+        """Row ids of one entry's value on every instance of the node."""
+        if isinstance(sub, FromParent):
+            return node.parents[sub.node]
+        if isinstance(sub, FromDraw):
+            return node.draws
+        if isinstance(sub, FromOwn):
+            return node.contexts
+        return node.rows[id(sub)]
+
+    def prefix(self, parents: tuple[str, ...]) -> Prefix:
+        if parents not in self.prefixes:
+            self.prefixes[parents] = Prefix(parents)
+        return self.prefixes[parents]
+
+
+def _column(sub) -> str | None:
+    """The id column an entry is clean on, if it is one: the draw r, or the instance's own example."""
+    return "draws" if isinstance(sub, FromDraw) else "contexts" if isinstance(sub, FromOwn) else None
 
 
 def _parents_of(recipe: Recompute) -> frozenset[str]:

@@ -582,7 +582,7 @@ class _OffsetSums:
         for site in sites.values():
             if not site.slots:
                 continue
-            total = _parent_sum(site.parents, outputs, sums)
+            total = parent_sum(site.parents, outputs, sums)
             for slot in site.slots:
                 actual = slots[(site.name, slot)]
                 if not actual.is_floating_point():  # integer inputs (token ids read as a slot): exact in float64
@@ -787,7 +787,7 @@ def _versions(*readings: dict) -> list:
     return [value._version for values in readings for value in values.values() if not value.is_inference()]
 
 
-def _parent_sum(parents: tuple[str, ...], outputs, sums: dict):
+def parent_sum(parents: tuple[str, ...], outputs, sums: dict):
     """The sum of the parents' outputs, left to right (the same additions as summing them afresh), from
     the longest prefix already in ``sums``; remembered there."""
     if parents in sums:

@@ -110,7 +110,7 @@ def _torch_graph(seed: int, parents: tuple[tuple[str, tuple[str, ...]], ...], n_
 
 @st.composite
 def transformers(draw):
-    return _transformer(draw(st.integers(0, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 2)),
+    return _transformer(draw(st.integers(0, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 4)),
                         draw(st.integers(2, 4)), draw(st.booleans()), draw(st.booleans()))
 
 
