@@ -1,25 +1,30 @@
 """Batched, cached execution of a plan.
 
 Every value in a treeified run is a *row* of some site's output bank: either the clean output on an example
-(ids ``0..N-1``, read from a cache) or a recomputation (ids ``N..``). Per hypothesis node, over all its tree
-paths at once:
+(ids ``0..N-1``, computed by clean passes) or a recomputation (ids ``N..``). Per hypothesis node, over all its
+tree paths at once:
 - its instances are deduplicated by whole-example identity (context where anything reads it, draw r, the row
   of each parent node; a per-position parent's row is first assembled into one row, position t from instance t);
 - each recipe term on an instance is the clean row where everything it reads is clean on one example (which
   is why the identity hypothesis gives exactly zero gap), else one fresh row;
 - a slot's input is the sum of its parent sites' values plus a constant. Where a site's parents extend an
   earlier site's (a residual stream), the earlier partial sum is reused, so summing costs about one add per
-  site per set of active edges, not one per parent per slot.
-Sites are computed in topological order, each in a few batched calls over every node's requests. References
-go in chunks sized so that the fresh rows fit ``memory_budget`` bytes.
+  site per set of active edges, not one per parent per slot. What the hypothesis leaves out (inputs taken on the
+  draw r, or on the instance's own example) is read as a *residual state* (``Prefix``: the clean sum of a parent
+  list, one row) with the few other entries swapped in, not one clean row per left-out site.
+Sites are computed in topological order, in *steps*: the sites calibration verified together (a block's heads)
+go through one model call per batch. A bank is dropped after the last step that reads it, and references go in
+chunks sized so that the most the banks hold at once fits ``memory_budget`` bytes (model calls get a quarter).
 
-Only the model work the plan needs is done: the clean pass on an example stops at the deepest site whose
-clean value on it is read, and a recomputation runs through the adapter's verified shortcut for its site.
+Only the model work the plan needs is done: the clean pass on an example stops at the deepest site read on it,
+and a recomputation runs through the adapter's verified shortcut for its site.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from typing import Callable
 
 import torch
 
@@ -67,11 +72,13 @@ class Engine:
             chunk = plan.chunk(start, start + size)
             compiled = _Compiler(self.adapter, len(self.data), chunk, self.levels(), self.prefixes)
             compiled.compile()
-            fit = self._refs_that_fit(compiled, len(chunk.refs))
+            layout = _Layout(compiled, self.adapter, len(self.data))
+            schedule = _Schedule(compiled, self.steps(compiled), self.adapter.output)
+            fit = self._refs_that_fit(compiled, layout, schedule, len(chunk.refs))
             if fit < len(chunk.refs):
                 size = fit
                 continue
-            outputs.append(self._execute(compiled).cpu())
+            outputs.append(self._execute(compiled, layout, schedule).cpu())
             start += len(chunk.refs)
         return torch.cat(outputs)
 
@@ -107,38 +114,35 @@ class Engine:
         quarter of the memory budget."""
         return max(1, min(self.batch_size, self.memory_budget // 4 // max(1, row_bytes)))
 
-    def _refs_that_fit(self, compiled: "_Compiler", refs: int) -> int:
-        """How many of the chunk's references fit the memory budget left beside one call: its banks (clean
-        rows and fresh ones) and the largest step's slot inputs, at one row's bytes per site."""
+    def _refs_that_fit(self, compiled: "_Compiler", layout: "_Layout", schedule: "_Schedule", refs: int) -> int:
+        """How many of the chunk's references fit the memory budget left beside one call: the most its banks
+        (clean rows, and fresh ones from their step until the last step reading them) and a step's partial sums
+        hold at once, at one row's bytes per site."""
         if not compiled.count or refs <= 1:
             return refs
         row = self.row_bytes()
-        layout = _Layout(compiled, self.adapter, len(self.data))
-        need = sum(rows * row.get(key.last if isinstance(key, Prefix) else key, 0) for key, rows in layout.size.items())
-        sites = self.adapter.sites
-        need += max((sum(compiled.count.get(site, 0) * len(sites[site].slots) * row.get(site, 0) for site in step)
-                     for step in self.steps(compiled)), default=0)  # a step's slot inputs, held while it runs
+        need = schedule.peak(layout, lambda key: row.get(key.last if isinstance(key, Prefix) else key, 0))
         budget = self.memory_budget - self.memory_budget // 4
         if need <= budget:
             return refs
         return max(1, min(refs - 1, int(refs * budget / need)))
 
     # -- execution ---------------------------------------------------------------------
-    def _execute(self, compiled: "_Compiler") -> torch.Tensor:
-        adapter = self.adapter
-        layout = _Layout(compiled, adapter, len(self.data))
+    def _execute(self, compiled: "_Compiler", layout: "_Layout", schedule: "_Schedule") -> torch.Tensor:
         bank = self._clean_bank(layout)
         self.stats["clean_rows"] += len(layout.examples)
         self.stats["requested_rows"] += compiled.requested
         self.stats["chunks"] += 1
-        for step in self.steps(compiled):
+        for step, frees in zip(schedule.steps, schedule.frees):
             self._compute(step, compiled.requests, layout, bank)
             for name in step:
                 for offset, sources in compiled.assemblies.get(name, []):
                     value = _gather(bank[name], layout.locate(name, sources))
                     start = layout.clean_rows(name) + offset
                     _write(bank, layout.size, name, slice(start, start + len(sources)), value)
-        out_site = adapter.output
+            for key in frees:  # nothing later reads it
+                bank.pop(key, None)
+        out_site = self.adapter.output
         return bank[out_site][layout.locate(out_site, compiled.output_rows).to(bank[out_site].device)]
 
     def steps(self, compiled: "_Compiler") -> list[list[str]]:
@@ -189,59 +193,49 @@ class Engine:
                     value = parent_sum(key.parents, outputs, states) if isinstance(key, Prefix) else outputs[key]
                     if not bool(hit.all()):
                         value = value[hit.to(value.device)]
-                    _write(bank, layout.size, key, where[hit].to(value.device), value)
+                    _write(bank, layout.clean_size, key, where[hit].to(value.device), value)
         self.seconds["clean_bank"] += time.perf_counter() - start_s
         return bank
 
     def _compute(self, step: list[str], requests_of: dict[str, list["_Request"]], layout: "_Layout", bank) -> None:
-        """Run the step's sites on every request's fresh rows (slot inputs from their partial sums), in batches,
-        into their banks; the sites of a step go through one call per batch, row i of each site beside row i
-        of the others (a site with fewer rows repeats its last: a block computes all its heads anyway)."""
+        """Run the step's sites on every request's fresh rows, in batches, into their banks; the sites of a step go
+        through one call per batch, row i of each site beside row i of the others (a site with fewer rows repeats
+        its last: a block computes all its heads anyway). A batch's slot inputs are gathered from the requests'
+        partial sums when it runs (sites of a step often share one sum: it is held once, not copied per slot)."""
         adapter = self.adapter
         start_s = time.perf_counter()
-        work = []  # (site, slot inputs, contexts, bank rows)
-        for site in step:
-            requests = requests_of.get(site)
-            if not requests:
-                continue
-            slot_inputs: dict[str, list[torch.Tensor]] = {slot: [] for slot in adapter.sites[site].slots}
-            contexts = []
-            for request in requests:
-                for slot, total in request.sums.items():
-                    value = self._sum_value(total, bank, layout.locate)
-                    slot_inputs[slot].append(adapter.slot_input(site, slot, [value.index_select(
-                        0, request.fresh.to(value.device))]))
-                    _release(total)
-                contexts.append(request.node.contexts[request.fresh])
-            dest = layout.clean_rows(site) + torch.cat([torch.arange(r.offset, r.offset + len(r.fresh))
-                                                        for r in requests])
-            work.append((site, {slot: torch.cat(parts) for slot, parts in slot_inputs.items()}, torch.cat(contexts),
-                         dest))
-        if not work:
+        feeds = [_Feed(site, requests_of[site], lambda total: self._sum_value(total, bank, layout.locate),
+                       layout.clean_rows(site)) for site in step if requests_of.get(site)]
+        if not feeds:
             return
-        longest = max(len(dest) for *_, dest in work)
+        longest = max(feed.count for feed in feeds)
         row = self.row_bytes()  # a call holds its slot inputs and the model's copies of them
-        size = self.call_rows(2 * sum(len(joined) * row.get(site, 0) for site, joined, _, _ in work))
+        size = self.call_rows(2 * sum(len(feed.values) * row.get(feed.site, 0) for feed in feeds))
         for start in range(0, longest, size):
-            active = [w for w in work if len(w[3]) > start]
-            stop = min(start + size, max(len(w[3]) for w in active))
-            given = {(site, slot): _rows(value, start, stop) for site, joined, _, _ in active
-                     for slot, value in joined.items()}
-            context = _rows(active[0][2], start, stop)
-            out = adapter.run_together([w[0] for w in active], given, self.inputs[context.to(self.inputs.device)])
+            active = [feed for feed in feeds if feed.count > start]
+            stop = min(start + size, max(feed.count for feed in active))
+            given = {(feed.site, slot): adapter.slot_input(feed.site, slot, [value])
+                     for feed in active for slot, value in feed.rows(start, stop).items()}
+            context = _rows(active[0].contexts, start, stop)
+            out = adapter.run_together([feed.site for feed in active], given,
+                                       self.inputs[context.to(self.inputs.device)])
             self.stats["model_calls"] += 1
             self.stats["run_rows"] += stop - start
-            for site, _, _, dest in active:
-                rows = dest[start:stop]
-                value = out[site][:len(rows)]
-                _write(bank, layout.size, site, rows.to(value.device), value)
-        total = sum(len(dest) for *_, dest in work)
+            for feed in active:
+                rows = feed.dest[start:stop]
+                value = out[feed.site][:len(rows)]
+                _write(bank, layout.size, feed.site, rows.to(value.device), value)
+        for feed in feeds:
+            for request in feed.requests:
+                for total in request.sums.values():
+                    _release(total)
+        total = sum(feed.count for feed in feeds)
         self.stats["computed_rows"] += total
         seconds = time.perf_counter() - start_s
-        for site, *_, dest in work:  # a step's time shared by its sites' rows
-            entry = self.seconds["sites"].setdefault(site, {"rows": 0, "seconds": 0.0})
-            entry["rows"] += len(dest)
-            entry["seconds"] += seconds * len(dest) / total
+        for feed in feeds:  # a step's time shared by its sites' rows
+            entry = self.seconds["sites"].setdefault(feed.site, {"rows": 0, "seconds": 0.0})
+            entry["rows"] += feed.count
+            entry["seconds"] += seconds * feed.count / total
 
     def _sum_value(self, total: "_Sum", bank, locate) -> torch.Tensor:
         """The partial sum's value on every instance of its node, its missing predecessors first."""
@@ -300,7 +294,8 @@ class _Layout:
         examples = torch.nonzero(depth >= 0)[:, 0]
         self.n, self.examples = n_examples, examples[torch.argsort(depth[examples], stable=True)]
         self.depth = depth[self.examples]
-        self.size = {key: len(self.held.get(key, ())) + compiled.count.get(key, 0)
+        self.clean_size = {key: len(examples) for key, examples in self.held.items()}
+        self.size = {key: self.clean_size.get(key, 0) + compiled.count.get(key, 0)
                      for key in {*self.held, *compiled.count}}
 
     def depth_of(self, key) -> int:
@@ -323,19 +318,100 @@ class _Layout:
         return torch.where(ids < n, clean, ids - n + self.clean_rows(key))
 
 
+class _Schedule:
+    """The steps of a chunk and, after each, the banks no later step reads: a partial sum is evaluated at the
+    first step whose request needs it, so a key's rows are last read at the latest step evaluating a sum that
+    reads them (assemblies read a site's rows at its own step; the output's, after the last)."""
+
+    def __init__(self, compiled: "_Compiler", steps: list[list[str]], output: str):
+        step_of = {site: i for i, step in enumerate(steps) for site in step}
+        evaluated: dict[int, int] = {}
+        for site, requests in compiled.requests.items():
+            for request in requests:
+                for total in request.sums.values():
+                    while total is not None and evaluated.get(id(total), len(steps)) > step_of[site]:
+                        evaluated[id(total)] = step_of[site]
+                        total = total.pred
+        last: dict = {}
+        for total in compiled.sums:
+            for key, _, _ in total.extras:
+                last[key] = max(last.get(key, -1), evaluated[id(total)])
+        for site in {*compiled.count, *compiled.assemblies}:  # written at their step
+            last[site] = max(last.get(site, -1), step_of[site])
+        last[output] = len(steps)
+        self.steps, self.step_of, self.count = steps, step_of, compiled.count
+        self.frees = [[key for key, at in last.items() if at == i] for i in range(len(steps))]
+        self.sums_held = []  # per step: (site, rows) of each distinct partial sum its requests read, held while it runs
+        for step in steps:
+            distinct = {id(total): (site, len(request.node.contexts)) for site in step
+                        for request in compiled.requests.get(site, []) for total in request.sums.values()}
+            self.sums_held.append(list(distinct.values()))
+
+    def peak(self, layout: "_Layout", row_bytes) -> int:
+        """The most bytes the banks hold at once (clean ones from the start, a site's fresh rows from its step,
+        each until freed), with the partial sums a step reads while it runs."""
+        held = {key: rows * row_bytes(key) for key, rows in layout.clean_size.items()}
+        live = most = sum(held.values())
+        for step, frees, sums in zip(self.steps, self.frees, self.sums_held):
+            for site in step:
+                grown = self.count.get(site, 0) * row_bytes(site)
+                held[site] = held.get(site, 0) + grown
+                live += grown
+            most = max(most, live + sum(rows * row_bytes(site) for site, rows in sums))
+            for key in frees:
+                live -= held.pop(key, 0)
+        return most
+
+
 def _release(total: "_Sum") -> None:
     total.uses -= 1
     if total.uses <= 0:
         total.value = None
 
 
-def _write(bank: dict[str, torch.Tensor], size: dict[str, int], site: str, where, value: torch.Tensor) -> None:
-    """Put ``value`` at rows ``where`` of the site's bank, allocating it (``size[site]`` rows) on first use."""
-    if site not in bank:
-        bank[site] = value.new_empty((size[site], *value.shape[1:]))
+def _write(bank: dict, size: dict, key, where, value: torch.Tensor) -> None:
+    """Put ``value`` at rows ``where`` of the key's bank, allocating it (``size[key]`` rows) on first use and
+    growing it (clean rows kept) where it was allocated smaller (for its clean rows only)."""
+    have = bank.get(key)
+    if have is None or len(have) < size[key]:
+        bank[key] = value.new_empty((size[key], *value.shape[1:]))
+        if have is not None:
+            bank[key][:len(have)] = have
     if isinstance(where, torch.Tensor) and len(where) > 1 and bool((where[1:] - where[:-1] == 1).all()):
         where = slice(int(where[0]), int(where[-1]) + 1)  # consecutive rows: a copy, not a scatter
-    bank[site][where] = value
+    bank[key][where] = value
+
+
+class _Feed:
+    """One site's fresh rows in a step, in request order: per slot, each request's partial sum (its node's every
+    instance) and which of its instances are fresh; ``dest``: their rows in the site's bank."""
+
+    def __init__(self, site: str, requests: list["_Request"], value_of: Callable, clean_rows: int):
+        self.site, self.requests = site, requests
+        self.values = {slot: [value_of(r.sums[slot]) for r in requests] for slot in requests[0].sums}
+        counts = [len(r.fresh) for r in requests]
+        self.edges = [0, *itertools.accumulate(counts)]
+        self.count = self.edges[-1]
+        self.contexts = torch.cat([r.node.contexts[r.fresh] for r in requests])
+        self.dest = clean_rows + torch.cat([torch.arange(r.offset, r.offset + len(r.fresh)) for r in requests])
+
+    def rows(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        """Each slot's sum on rows ``start:stop`` (past the last row, the last again)."""
+        end = min(stop, self.count)
+        out = {}
+        for slot, values in self.values.items():
+            pieces = []
+            for i, request in enumerate(self.requests):
+                a, b = max(start, self.edges[i]), min(end, self.edges[i + 1])
+                if a < b:
+                    value = values[i]
+                    fresh = request.fresh[a - self.edges[i]:b - self.edges[i]]
+                    pieces.append(value.index_select(0, fresh.to(value.device)))
+            piece = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            if stop > end:
+                piece = torch.cat([piece, piece[-1:].expand(stop - end, *piece.shape[1:])])
+            out[slot] = piece
+        return out
 
 
 def _rows(value: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -431,6 +507,23 @@ class _Compiler:
                     done.add(node)
         self.output_rows = rows[("output",)]
         self.reads.append((self.adapter.output, self.output_rows))
+        self.sums = self._reachable()
+
+    def _reachable(self) -> list[_Sum]:
+        """The partial sums some request needs (a sum folded into a later state is not), children first; their
+        uses (each request's slot, each reachable successor) counted and their rows registered as reads."""
+        seen: dict[int, _Sum] = {}
+        for requests in self.requests.values():
+            for request in requests:
+                for total in request.sums.values():
+                    total.uses += 1
+                    while total is not None and id(total) not in seen:
+                        seen[id(total)] = total
+                        if total.pred is not None:
+                            total.pred.uses += 1
+                        self.reads += [(key, ids) for key, ids, _ in total.extras]
+                        total = total.pred
+        return list(seen.values())
 
     def _node(self, name: str, paths, parents: list[str], rows) -> None:
         plan, recipe = self.plan, self.plan.recipes[name]
@@ -525,7 +618,6 @@ class _Compiler:
             if key not in sums:
                 sums[key] = self._part(node, total, parents[:start], parents[:stop], part)
             total, start = sums[key], stop
-        total.uses += 1
         return total
 
     def _part(self, node: _Node, pred: _Sum | None, before: tuple, upto: tuple, part) -> _Sum:
@@ -545,9 +637,6 @@ class _Compiler:
             made = _Sum(None if fold else pred, extras, column if fold and not others else None)
         else:
             made = _Sum(pred, [(p, self._ids(node, sub), 1) for p, sub in part], None)
-        if made.pred is not None:
-            made.pred.uses += 1
-        self.reads += [(key, rows) for key, rows, _ in made.extras]
         return made
 
     @staticmethod

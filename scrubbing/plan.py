@@ -79,9 +79,13 @@ def route(bound: BoundHypothesis, name: str) -> Recompute | None:
             if bound.sites[edge.parent] == parent_site:
                 return FromParent(edge.parent)
         onward = frozenset(e for e in active if parent_site in reach[e])
-        if not onward:
-            return left_out
-        return recompute(parent_site, lambda slot: onward, lambda slot: left_out)
+        return on_paths(parent_site, onward, left_out) if onward else left_out
+
+    @lru_cache(maxsize=None)
+    def on_paths(site_name: str, onward: frozenset[Edge], left_out: Term) -> Recompute:
+        """One term per site and edges whose paths it lies on, whichever later site reads it: the recipe is a
+        DAG whose shared terms the engine computes once."""
+        return recompute(site_name, lambda slot: onward, lambda slot: left_out)
 
     def recompute(site_name: str, active_for, left_out_for) -> Recompute:
         s = adapter.sites[site_name]
