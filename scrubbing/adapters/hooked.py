@@ -388,6 +388,11 @@ class HookedAdapter(ModelAdapter):
             if None not in heads and sorted(heads) == list(range(value.shape[2])):
                 ordered = sorted(refs, key=lambda item: item[0].head)
                 return torch.stack([new.to(value.dtype) for _, new in ordered], dim=2)
+            if None not in heads:  # some heads: one copy, each written into it
+                value = value.clone()
+                for ref, new in refs:
+                    value[:, :, ref.head] = new.to(value.dtype)
+                return value
             for ref, new in refs:
                 value = ref.write(value, new)
             return value
