@@ -288,9 +288,12 @@ class _Layout:
             if len(ids):
                 parts.setdefault(key, []).append(ids)
         self.held = {key: torch.unique(torch.cat(ids)) for key, ids in parts.items()}
+        # the deepest site a clean pass must reach to read each key (a parent list need not be in site order)
+        self.reach = {key: max(self.order[p] for p in key.parents) if isinstance(key, Prefix) else self.order[key]
+                      for key in self.held}
         depth = torch.full((n_examples,), -1, dtype=torch.long)
         for key, examples in self.held.items():
-            depth.scatter_reduce_(0, examples, torch.full_like(examples, self.depth_of(key)), reduce="amax")
+            depth.scatter_reduce_(0, examples, torch.full_like(examples, self.reach[key]), reduce="amax")
         examples = torch.nonzero(depth >= 0)[:, 0]
         self.n, self.examples = n_examples, examples[torch.argsort(depth[examples], stable=True)]
         self.depth = depth[self.examples]
@@ -298,15 +301,12 @@ class _Layout:
         self.size = {key: self.clean_size.get(key, 0) + compiled.count.get(key, 0)
                      for key in {*self.held, *compiled.count}}
 
-    def depth_of(self, key) -> int:
-        return self.order[key.last if isinstance(key, Prefix) else key]
-
     def keys_upto(self, level: int) -> list:
         """The keys a clean pass stopping at site ``level`` writes: sites, then states by length (each sums on the
         longest shorter one)."""
-        keys = [key for key in self.held if self.depth_of(key) <= level]
+        keys = [key for key in self.held if self.reach[key] <= level]
         return sorted(keys, key=lambda key: (isinstance(key, Prefix), len(key.parents) if isinstance(key, Prefix)
-                                             else 0, self.depth_of(key)))
+                                             else 0, self.reach[key]))
 
     def clean_rows(self, key) -> int:
         return len(self.held.get(key, ()))

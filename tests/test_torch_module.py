@@ -69,6 +69,35 @@ def test_an_ordinary_model_still_calibrates_and_agrees_with_the_reference():
     torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
 
 
+class _Fan(nn.Module):
+    """Three sites reading the embedding, and a readout reading all four."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.readout = nn.Embedding(5, 4), nn.Linear(4, 2)
+        self.a, self.b, self.c = _Lin(4, 4), _Lin(4, 4), _Lin(4, 4)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        return self.readout(self.c(x) + self.b(x) + self.a(x) + x).sum(dim=1)
+
+
+def test_parents_declared_out_of_site_order_are_read_from_a_deep_enough_pass():
+    """The readout's parents listed last site first: what the hypothesis leaves out of them is read as one residual
+    state (the clean sum of those parents on the draw), which a clean pass stopped at the list's last entry (the
+    embedding) could not give."""
+    torch.manual_seed(0)
+    data = _data()
+    sites = {"embed": (), "a": ("embed",), "b": ("embed",), "c": ("embed",), "readout": ("c", "b", "a", "embed")}
+    adapter = TorchModuleAdapter(_Fan().eval(), sites, "readout")
+    adapter.calibrate(data.inputs)
+    h = Hypothesis("direct only", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs[:, 0] % 2)
+    h.output(parents=[Edge("tok", via="direct")])  # c, b and a from the draw
+    engine, reference = engine_and_reference(h, adapter, data, torch.arange(8), seed=1)
+    torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-5)
+
+
 # -- inputs that are not one sum: a concatenation, named arguments, the raw input ----------------------------------
 class _Lin(nn.Module):
     def __init__(self, d_in: int, d_out: int):
