@@ -235,13 +235,15 @@ def measure(n_refs: int, n_data: int = 512, seed: int = 0, d_model: int = 768, n
 def table(results: list[dict]) -> str:
     """The benchmark's table (markdown), one row per size."""
     lines = ["| refs | engine/clean | calibration/clean | plan+execution/clean | hand loop/clean | engine/hand loop "
-             "| peak RSS engine (MB) | peak RSS hand loop (MB) | clean pass (s) | max abs diff |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peak RSS engine (MB) | peak RSS hand loop (MB) | chunks | model calls | clean pass (s) | max abs diff |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        stats = r["engine_stats"]
         lines.append(f"| {r['n_refs']} | {r['engine_over_clean']:.1f} | {r['calibration_over_clean']:.1f} "
                      f"| {r['execution_over_clean']:.1f} | {r['hand_loop_over_clean']:.1f} "
                      f"| {r['engine_over_hand_loop']:.2f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb_hand_loop']:.0f} "
-                     f"| {r['clean_pass_s']:.2f} | {r['hand_loop_max_abs_diff']:.1e} |")
+                     f"| {stats['chunks']} | {stats['model_calls']} | {r['clean_pass_s']:.2f} "
+                     f"| {r['hand_loop_max_abs_diff']:.1e} |")
     return "\n".join(lines)
 
 
