@@ -128,9 +128,27 @@ class HookedAdapter(ModelAdapter):
         bridge.set_use_attn_result(True)
         bridge.set_use_hook_mlp_in(True)
         cfg = bridge.cfg
-        return cls(bridge, transformer_sites(cfg.n_layers, cfg.n_heads, attn_only=getattr(cfg, "attn_only", False),
-                                             parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
-                                             n_kv_heads=getattr(cfg, "n_key_value_heads", None)))
+        adapter = cls(bridge, transformer_sites(cfg.n_layers, cfg.n_heads, attn_only=getattr(cfg, "attn_only", False),
+                                                parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
+                                                n_kv_heads=getattr(cfg, "n_key_value_heads", None)))
+        adapter.unsplit_clean = True
+        return adapter
+
+    unsplit_clean = False  # clean passes that read no slot run the bridge's attention unsplit (``for_bridge``)
+
+    @contextmanager
+    def _unsplit(self, slots_too: bool):
+        """A clean pass that reads no slot runs attention unsplit: the bridge's per-head q/k/v copies (each head's
+        own layer norm and projection) cost about as much again as the rest of the pass, and only a pass that
+        reads or writes one head's input needs them. Same values to rounding (about 1e-6 relative)."""
+        if slots_too or not self.unsplit_clean:
+            yield
+            return
+        self.model.set_use_split_qkv_input(False)
+        try:
+            yield
+        finally:
+            self.model.set_use_split_qkv_input(True)
 
     def _positions(self, outputs):
         return outputs[self.output].shape[1] if self._positional else None
@@ -177,7 +195,7 @@ class HookedAdapter(ModelAdapter):
             hooks += [(hook, partial(self._tracer, trace, hook)) for hook in
                       dict.fromkeys(self.spec[name].output.hook for name in names if self.spec[name].output)]
         result = None
-        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+        with torch.no_grad(), self._unsplit(slots_too), self.model.hooks(fwd_hooks=hooks):
             try:
                 result = self.model(inputs)
             except _Captured:
