@@ -18,7 +18,7 @@ on data (``SplitSites.calibrate``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -208,6 +208,9 @@ class Dictionary(Pieces):
 class ResidualStream:
     """The residual stream that feeds site ``before``: one node for the sum of every site feeding it.
 
+    It is transparent (``Site.transparent``): where no node claims it, an edge ``via="direct"`` into a reader passes
+    through it, so a claim that does not name the stream means what it meant before the split.
+
     ``readers``: the sites that read the stream instead of those sites: ``before`` alone by default (other sites
     keep their own inputs, so claims about them are unchanged), or ``"all"``: every site reading that whole sum
     (the stream at a layer boundary, as every later site sees it)."""
@@ -251,10 +254,10 @@ class SplitSites(ModelAdapter):
         pieces = tuple(split.pieces)
         for site in self.base.sites.values():
             if site.name == split.site:
-                sites |= {p: Site(p, site.slots, site.parents) for p in pieces}
+                sites |= {p: replace(site, name=p) for p in pieces}
             else:
                 parents = tuple(q for p in site.parents for q in (pieces if p == split.site else (p,)))
-                sites[site.name] = Site(site.name, site.slots, parents)
+                sites[site.name] = replace(site, parents=parents)
         return sites
 
     def _resid_sites(self) -> dict[str, Site]:
@@ -273,10 +276,10 @@ class SplitSites(ModelAdapter):
             reads_all = bool(site.slots) and set(feeding) <= set(site.parents) and (readers == "all"
                                                                                       or site.name in readers)
             if reads_all and not placed:
-                sites[name] = Site(name, ("in",), feeding)
+                sites[name] = Site(name, ("in",), feeding, transparent=True)
                 placed = True
             parents = (name, *(p for p in site.parents if p not in feeding)) if reads_all else site.parents
-            sites[site.name] = Site(site.name, site.slots, parents)
+            sites[site.name] = replace(site, parents=parents)
         return sites
 
     # -- values -------------------------------------------------------------------------------------------------------

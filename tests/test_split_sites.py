@@ -133,6 +133,31 @@ def test_by_default_only_the_named_site_reads_the_stream():
         split_sites(base, ResidualStream(before="a1.1", readers=("a0.1",)))
 
 
+def test_a_direct_edge_passes_through_a_stream_no_node_claims():
+    """The stream is transparent (it only forms its readers' input): ``via="direct"`` into a reader means what it
+    meant before the split, the same numbers on the same draws; once a node claims the stream, the path is that
+    node's and the edge is refused, saying so."""
+    model = tiny_transformer(seed=0, n_layers=2, n_heads=2, n_ctx=3)
+    data = random_tokens(48, 3, 5)
+    base = HookedAdapter.for_transformer(model, 2, 2)
+    base.calibrate(data.inputs[:32])
+    adapter = split_sites(base, ResidualStream(before="a1.0", readers="all"))
+    adapter.calibrate(data.inputs[:32])
+    h = Hypothesis("direct", allow_singletons=True)
+    h.node("tok", "embed", lambda d: d.inputs % 2).node("prev", "a0.1", lambda d: d.inputs[:, 0] % 2, parents=["tok"])
+    h.node("reader", "a1.0", lambda d: d.inputs[:, 1] % 3,
+           parents=[Edge("tok", into="q", via="direct"), Edge("prev", into=("k", "v"), via="direct")])
+    h.output(parents=["reader", Edge("prev", via="direct")])
+    split, reference = engine_and_reference(h, adapter, data, torch.arange(12), seed=4)
+    torch.testing.assert_close(split, reference, atol=1e-4, rtol=1e-4)
+    whole, _ = engine_and_reference(h, base, data, torch.arange(12), seed=4)
+    torch.testing.assert_close(split, whole, atol=1e-4, rtol=1e-4)
+    claimed = h.with_node("stream", "resid@a1.0", EXACT, feeds=["reader"])
+    with pytest.raises(HypothesisError, match=r"edge 'tok' -> 'reader'.*reads 'embed' through 'resid@a1.0' \(node "
+                                              r"'stream'\), claimed by a node"):
+        claimed.bind(adapter, data)
+
+
 def test_bad_splits_are_refused_by_name(tmp_path):
     model = tiny_transformer(seed=0, n_layers=2, n_heads=2, n_ctx=3)
     base = HookedAdapter.for_transformer(model, 2, 2)
