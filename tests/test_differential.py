@@ -205,10 +205,22 @@ def hypotheses(draw, adapter, positional_sites=None):
         kind = draw(st.integers(0, 3)) if per_position(site) else draw(st.sampled_from([0, 1, 3]))  # no per-position classes
         h.node(site, site, _feature(kind, draw(st.integers(2, 3)), draw(st.integers(0, 1))), parents=parents,
                unclaimed=_unclaimed(draw, sites[site].slots))
-    outputs = [n for n in chosen if n not in has_child or draw(st.integers(0, 3)) == 0]
-    h.output(parents=[Edge(n, via=_vias(draw, sites, n, adapter.output, claimed)) for n in outputs],
-             unclaimed=_unclaimed(draw, sites[adapter.output].slots))
-    return h
+    # the output reads every node that has no child, and some that have; a node with no valid path to the output
+    # (behind a claimed residual stream, say) and no child is dropped, last nodes first, so a node whose children
+    # all went feeds the output or goes too: every hypothesis drawn is valid
+    parents_of = {n: {e.parent for e in h.nodes[n].parents} for n in chosen}
+    kept, into_output = set(chosen), []
+    for n in reversed(chosen):
+        fed = any(n in parents_of[c] for c in kept)
+        if fed and draw(st.integers(0, 3)) != 0:
+            continue
+        via = _vias(draw, sites, n, adapter.output, claimed)
+        if via is not None:
+            into_output.insert(0, Edge(n, via=via))
+        elif not fed:
+            kept.discard(n)
+    h.output(parents=into_output, unclaimed=_unclaimed(draw, sites[adapter.output].slots))
+    return h.without(*(n for n in chosen if n not in kept)) if len(kept) < len(chosen) else h
 
 
 # -- samplers ----------------------------------------------------------------------------------
