@@ -93,7 +93,7 @@ def _wrapped(kind: int, seed: int):
     return adapter, data
 
 
-@settings(max_examples=max(CASES // 3, 10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=max(CASES // 2, 2 * KINDS), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.integers(0, KINDS - 1), model_seed=st.integers(0, 2), data=st.data(), seed=st.integers(0, 2**16))
 def test_engine_equals_reference_on_split_sites(kind, model_seed, data, seed):
     adapter, dataset = _wrapped(kind, model_seed)
