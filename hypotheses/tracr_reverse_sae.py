@@ -14,54 +14,28 @@ matter and comes from the random draw.
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from functools import cache
-from pathlib import Path
 
-from safetensors import safe_open
-
-from benchmarks.tracr.task import load, load_task
-from scrubbing import Hypothesis, expect
-from scrubbing.split import Dictionary, split_sites
+from benchmarks.tracr.latents import CHECKPOINTS, split_task, through_pieces, value_groups
+from scrubbing import expect
+from scrubbing.split import Dictionary
 from scrubbing.task import Task
-from scrubbing.tracr import true_hypothesis
 
-SAE = Path(__file__).resolve().parents[1] / "benchmarks" / "tracr" / "sae" / "reverse_m2.safetensors"
-with safe_open(str(SAE), "pt") as _f:
-    LABELS = {int(k): v for k, v in json.loads(_f.metadata()["labels"]).items()}  # latent -> opp_idx-1 value
-VALUES = sorted(set(LABELS.values()), key=lambda v: (-list(LABELS.values()).count(v), v))  # most latents first
-PIECES = {f"value {v}": sorted(k for k, label in LABELS.items() if label == v) for v in VALUES}
+SAE = CHECKPOINTS / "reverse_m2.safetensors"
+PIECES = value_groups(SAE)  # "value v" -> the latents labelled v, the values with most latents first
+VALUES = [int(name.split()[-1]) for name in PIECES]
 
 
 @cache
 def task() -> Task:
     """The reverse task with m2 split into one piece per opp_idx-1 value's latents, m2[error] and m2[rest]."""
-    base = load_task("reverse")
-    adapter = split_sites(base.adapter, Dictionary.load(SAE, "m2", groups=PIECES))
-    return Task(f"{base.name} + SAE on m2", adapter, base.data, base.loss, base.description)
+    return split_task(Dictionary, SAE, "SAE")
 
 
-TRUE = true_hypothesis(load("reverse"))
-
-
-def through_latents(pieces: list[str], name: str, description: str) -> Hypothesis:
-    """The program's hypothesis with its m2 node replaced by one node per latent piece (same feature, parents and
-    edge into the reversing head's query); the error and the other latents are left to the random draw."""
-    h = TRUE.copy(name, description)
-    node = h.nodes["opp_idx-1"]
-    edge = next(e for e in h.nodes["reverse"].parents if e.parent == "opp_idx-1")
-    h = h.without("opp_idx-1")
-    for piece in pieces:
-        h = h.with_node(f"opp_idx-1 @ {piece}", f"m2[{piece}]", node.feature, node.parents, node.feature_name,
-                        feeds=[replace(edge, parent="reverse")])
-    return h
-
-
-every_latent = through_latents(list(PIECES), "reverse via SAE: every live latent",
-                               "m2 matters only through its 16 latents, each carrying opp_idx-1; the reconstruction "
-                               "error is noise.").expect(expect.verdict("holds"))
-one_value = through_latents(list(PIECES)[:1], "reverse via SAE: latents of one value only",
-                            f"m2 matters only through the latents of opp_idx-1 = {VALUES[0]}; the other latents and "
-                            "the error are noise.").expect(expect.recovered("<=", 0.9), expect.verdict("refuted"))
+every_latent = through_pieces(list(PIECES), "reverse via SAE: every live latent",
+                              "m2 matters only through its 16 latents, each carrying opp_idx-1; the reconstruction "
+                              "error is noise.").expect(expect.verdict("holds"))
+one_value = through_pieces(list(PIECES)[:1], "reverse via SAE: latents of one value only",
+                           f"m2 matters only through the latents of opp_idx-1 = {VALUES[0]}; the other latents and "
+                           "the error are noise.").expect(expect.recovered("<=", 0.9), expect.verdict("refuted"))
 hypotheses = [every_latent, one_value]

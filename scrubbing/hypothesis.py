@@ -16,7 +16,7 @@ import networkx as nx
 import torch
 
 from .errors import HypothesisError
-from .sites import Dataset, ModelAdapter
+from .sites import Dataset, ModelAdapter, transparent_inputs
 
 FeatureFn = Callable[[Dataset], torch.Tensor]
 
@@ -432,10 +432,13 @@ class BoundHypothesis:
             g.add_edges_from((p, site.name) for p in site.parents)
         return g
 
-    def intermediates(self, edge: Edge) -> frozenset[str]:
-        """Sites an edge may recompute on its way: not named by any node, not raw-input sources."""
+    def intermediates(self, edge: Edge, child: str) -> frozenset[str]:
+        """Sites an edge into node ``child`` may recompute on its way: not named by any node, not raw-input sources.
+        ``"direct"``: only the sites that merely form the child's site's input (``transparent_inputs``: the argument
+        sites of a wired ``TorchModuleAdapter`` site, a residual stream), so the parent reaches the child through
+        the arguments it feeds directly."""
         if edge.via == "direct":
-            return frozenset()
+            return transparent_inputs(self.adapter.sites, self.sites[child], self.claimed_sites)
         if edge.via == "all":
             return frozenset(s for s, site in self.adapter.sites.items()
                              if s not in self.claimed_sites and not site.is_source)
@@ -477,12 +480,13 @@ class BoundHypothesis:
                             )
                 elif edge.via not in ("all", "direct"):
                     raise HypothesisError(f"{where}: via must be 'all', 'direct' or a tuple of site names; got {edge.via!r}.")
-                allowed = self.intermediates(edge) | {parent_site, child_site.name}
+                allowed = self.intermediates(edge, name) | {parent_site, child_site.name}
                 if not nx.has_path(model.subgraph(allowed), parent_site, child_site.name) or parent_site == child_site.name:
                     raise HypothesisError(
                         f"{where}: the model has no path from site {parent_site!r} to site {child_site.name!r}"
                         + ("" if edge.via == "all" else f" via {edge.via!r}")
                         + ". A parent must be computed before its child; check the sites or the edge's via."
+                        + (self._direct_hint(parent_site, child_site.name) if edge.via == "direct" else "")
                     )
                 if parent_site in seen and seen[parent_site][1] & slots:
                     raise HypothesisError(
@@ -490,6 +494,20 @@ class BoundHypothesis:
                         f"into {name!r} slot(s) {sorted(seen[parent_site][1] & slots)}; give each its own slots with Edge(into=...)."
                     )
                 seen.setdefault(parent_site, (edge.parent, set()))[1].update(slots)
+
+    def _direct_hint(self, parent: str, child: str) -> str:
+        """Why ``via="direct"`` found no path into a site whose input is formed by transparent sites, and the fix."""
+        sites = self.adapter.sites
+        forming = sorted(transparent_inputs(sites, child, frozenset()))
+        if not forming:
+            return ""
+        owner = {site: node for node, site in self.sites.items()}
+        taken = [f"{s!r} (node {owner[s]!r})" for s in forming if s in owner and parent in sites[s].parents]
+        if taken:
+            return (f" Site {child!r} reads {parent!r} through {', '.join(taken)}, claimed by a node: the path belongs "
+                    "to that node; draw the edge into it instead.")
+        return (f" 'direct' into {child!r} passes only through the sites that form its input ({', '.join(forming)}), "
+                f"and none of them reads {parent!r}; use via='all' or name the intermediate sites.")
 
     # -- features -----------------------------------------------------------------------
     def _evaluate_feature(self, node: Node) -> torch.Tensor | None:

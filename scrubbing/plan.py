@@ -69,7 +69,7 @@ def route(bound: BoundHypothesis, name: str) -> Recompute | None:
     edges = bound.edges(name)
     reach = {}
     for edge in edges:
-        allowed = bound.intermediates(edge)
+        allowed = bound.intermediates(edge, name)
         source = bound.sites[edge.parent]
         reach[edge] = allowed & nx.descendants(model.subgraph(allowed | {source}), source)
 

@@ -33,19 +33,25 @@ def reference_outputs(plan: Plan, adapter: ModelAdapter, data: Dataset, hypothes
     sites, site_of = adapter.sites, bound.sites  # model sites; node -> its site
     claimed = set(site_of.values())
 
-    def allowed(edge: Edge) -> set[str]:
-        """The sites an edge may recompute on its way from its parent's site to its child's."""
-        if edge.via == "direct":
-            return set()
+    @cache
+    def forming(site: str) -> set[str]:
+        """The transparent sites no node claims that form ``site``'s input (their own inputs' too)."""
+        direct = {p for p in sites[site].parents if sites[p].transparent and p not in claimed}
+        return direct.union(*(forming(p) for p in direct))
+
+    def allowed(edge: Edge, child: str) -> set[str]:
+        """The sites an edge may recompute on its way from its parent's site to its child's (site ``child``)."""
+        if edge.via == "direct":  # only what merely forms the child's input (a wired site's arguments, a stream)
+            return forming(child)
         if edge.via == "all":  # every site no node claims and that does not read the raw input
             return {name for name, site in sites.items() if name not in claimed and site.slots}
         return set(edge.via)
 
     @cache
-    def on_path(site: str, edge: Edge) -> bool:
+    def on_path(site: str, edge: Edge, child: str) -> bool:
         """Is ``site`` an allowed intermediate reachable from the edge's source through allowed sites?"""
-        return site in allowed(edge) and any(
-            parent == site_of[edge.parent] or on_path(parent, edge) for parent in sites[site].parents)
+        return site in allowed(edge, child) and any(
+            parent == site_of[edge.parent] or on_path(parent, edge, child) for parent in sites[site].parents)
 
     @cache  # a pure function of the plan: memoised only to keep the oracle fast enough to use
     def clean(example: int) -> dict[str, torch.Tensor]:
@@ -76,7 +82,7 @@ def reference_outputs(plan: Plan, adapter: ModelAdapter, data: Dataset, hypothes
             if (site, active, left_out) not in memo:
                 sources = [edge for edge in active if site_of[edge.parent] == site]
                 assert len(sources) <= 1, f"two edges claim site {site!r} into one slot of {node!r}"
-                onward = frozenset(edge for edge in active if on_path(site, edge))
+                onward = frozenset(edge for edge in active if on_path(site, edge, site_of[node]))
                 if sources:
                     memo[site, active, left_out] = from_parent(sources[0])
                 elif onward:  # on a claimed path: recompute it, its inputs routed the same way

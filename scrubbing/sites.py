@@ -26,11 +26,28 @@ class Site:
     name: str
     slots: tuple[str, ...] = ()
     parents: tuple[str, ...] = ()
+    transparent: bool = False
+    """A site that only forms the input of the sites reading it (an argument of a wired ``TorchModuleAdapter``
+    site, a residual stream, a piece of one): an edge ``via="direct"`` into a reader passes through it,
+    recomputed, where no node claims it (``transparent_inputs``)."""
 
     @property
     def is_source(self) -> bool:
         """A source (the embedding) reads the raw input, not other sites."""
         return not self.slots
+
+
+def transparent_inputs(sites: Mapping[str, Site], name: str, claimed: "set[str] | frozenset[str]") -> frozenset[str]:
+    """The transparent sites no node claims through which the input of site ``name`` is formed: its transparent
+    parents, theirs, and so on. What ``via="direct"`` into ``name`` recomputes."""
+    out: set[str] = set()
+    todo = [name]
+    while todo:
+        for parent in sites[todo.pop()].parents:
+            if sites[parent].transparent and parent not in claimed and parent not in out:
+                out.add(parent)
+                todo.append(parent)
+    return frozenset(out)
 
 
 @dataclass(frozen=True)

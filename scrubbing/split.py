@@ -7,18 +7,20 @@ on a wrapper adapter, so the plan, the engine, the oracle and calibration treat 
     adapter = split_sites(task.adapter,
                           Subspace("a0.0", directions, name="phi"),     # sites a0.0[phi] and a0.0[rest]
                           Dictionary.load("sae.safetensors", "a1.0", groups={"count": [3, 17]}),
+                          Transcoder.load("tc.safetensors", "m1", groups={"g": [0, 4]}),  # from m1's input
                           ResidualStream(before="a1.1"))                 # site resid@a1.1
 
 A split site's pieces sum back to its output (the remainder ``[rest]`` is what the named pieces leave), and every
-site that read the site reads the pieces instead; a ``ResidualStream`` is an identity site whose input is the sum
-of the sites feeding ``before``, and the sites that read that whole sum read it instead. Calibration checks both
-on data (``SplitSites.calibrate``).
+site that read the site reads the pieces instead. A piece reads the site's input slots: its value is a function of
+the site's output on them (a subspace, an autoencoder's latents) and, for a transcoder, of the input itself. A
+``ResidualStream`` is an identity site whose input is the sum of the sites feeding ``before``, and the sites that
+read that whole sum read it instead. Calibration checks both on data (``SplitSites.calibrate``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -31,12 +33,23 @@ REST = "rest"
 
 # -- how one site splits ------------------------------------------------------------------------------------------
 class Pieces:
-    """Named pieces of one site's output; the remainder (``site[rest]``) is the output minus their sum."""
+    """Named pieces of one site's output; the remainder (``site[rest]``) is the output minus their sum.
+
+    A piece is a function of the site's output and, where ``reads`` names one of the site's input slots, of that
+    slot's value too (a transcoder's latents are computed from the site's input). Each piece is a site reading the
+    site's slots, so pieces given the same slot values sum back to the site's output on them."""
 
     site: str
+    reads: str | None = None  # the input slot the pieces are computed from, besides the output (None: the output only)
 
-    def parts(self, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    def parts(self, value: torch.Tensor, given: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The named pieces of ``value`` (the site's output); ``given``: the site's slot values on the same rows
+        (read only where ``reads`` is set)."""
         raise NotImplementedError
+
+    def bound_to(self, site: Site) -> "Pieces":
+        """These pieces for the site as the adapter declares it (checked; ``reads`` resolved)."""
+        return self
 
     @property
     def names(self) -> list[str]:
@@ -49,9 +62,9 @@ class Pieces:
     def pieces(self) -> list[str]:
         return [self.piece(n) for n in self.names] + [self.piece(REST)]
 
-    def split(self, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    def split(self, value: torch.Tensor, given: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Every piece's value, the remainder included (so they sum back to ``value``)."""
-        parts = self.parts(value)
+        parts = self.parts(value, given or {})
         rest = value
         for name in self.names:
             if parts[name].shape != value.shape:
@@ -83,7 +96,7 @@ class Subspace(Pieces):
     def names(self) -> list[str]:
         return [self.name]
 
-    def parts(self, value):
+    def parts(self, value, given):
         basis = self.basis.to(value.device, value.dtype)
         if value.shape[-1] != basis.shape[0]:
             raise ModelError(f"Subspace({self.site!r}): directions have {basis.shape[0]} components, the site's "
@@ -132,7 +145,7 @@ class Positions(Pieces):
     def names(self) -> list[str]:
         return [self.name]
 
-    def parts(self, value):
+    def parts(self, value, given):
         if value.dim() < 3 or max(self.positions) >= value.shape[1]:
             raise ModelError(f"Positions({self.site!r}, {self.positions}): the site's output has shape "
                              f"{tuple(value.shape)}, with no position axis holding those positions.")
@@ -143,9 +156,12 @@ class Positions(Pieces):
 
 @dataclass
 class Dictionary(Pieces):
-    """A sparse autoencoder on a site's output: latents ``a = relu((x - b_dec) @ W_enc + b_enc)``, reconstruction
+    """A sparse autoencoder on a site's output: latents ``a = act((x - b_dec) @ W_enc + b_enc)``, reconstruction
     ``a @ W_dec + b_dec``. Each group of latents is a piece (``site[group]``, their decoded contribution), the
-    reconstruction error another (``site[error]``); ``site[rest]`` holds the other latents and the decoder bias."""
+    reconstruction error another (``site[error]``); ``site[rest]`` holds the other latents and the decoder bias.
+
+    ``act`` is ReLU, or JumpReLU where ``threshold`` ([n]) is given: a latent is kept where its pre-activation
+    exceeds its threshold. ``Transcoder`` is the same dictionary read from the site's input."""
 
     site: str
     W_enc: torch.Tensor
@@ -153,41 +169,79 @@ class Dictionary(Pieces):
     W_dec: torch.Tensor
     b_dec: torch.Tensor
     groups: dict[str, list[int]] = field(default_factory=dict)
+    threshold: torch.Tensor | None = None
+
+    KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")  # the tensors a file must hold; ``threshold`` may be there too
 
     def __post_init__(self):
-        d, m = self.W_enc.shape
-        if self.W_dec.shape != (m, d) or self.b_enc.shape != (m,) or self.b_dec.shape != (d,):
-            raise HypothesisError(f"Dictionary({self.site!r}): W_enc [d, m], b_enc [m], W_dec [m, d], b_dec [d] "
-                                  f"expected; got {tuple(self.W_enc.shape)}, {tuple(self.b_enc.shape)}, "
-                                  f"{tuple(self.W_dec.shape)}, {tuple(self.b_dec.shape)}.")
+        if self.W_enc.dim() != 2 or self.W_dec.dim() != 2:
+            raise HypothesisError(f"{self._what()}: {self._layout()} expected; got W_enc {tuple(self.W_enc.shape)}, "
+                                  f"W_dec {tuple(self.W_dec.shape)}.")
+        (d_in, n), (m, d_out) = self.W_enc.shape, self.W_dec.shape
+        shapes = m == n and self.b_enc.shape == (n,) and self.b_dec.shape == (d_out,) and (
+            self.threshold is None or self.threshold.shape == (n,))
+        if not shapes or not self._dims_fit(d_in, d_out):
+            raise HypothesisError(f"{self._what()}: {self._layout()} expected; got W_enc {tuple(self.W_enc.shape)}, "
+                                  f"b_enc {tuple(self.b_enc.shape)}, W_dec {tuple(self.W_dec.shape)}, b_dec "
+                                  f"{tuple(self.b_dec.shape)}"
+                                  + ("" if self.threshold is None else f", threshold {tuple(self.threshold.shape)}")
+                                  + ".")
         seen: dict[int, str] = {}
         for group, latents in self.groups.items():
             if group in ("error", REST):
-                raise HypothesisError(f"Dictionary({self.site!r}): {group!r} names a piece of its own; rename the group.")
+                raise HypothesisError(f"{self._what()}: {group!r} names a piece of its own; rename the group.")
             for k in latents:
-                if not 0 <= k < m:
-                    raise HypothesisError(f"Dictionary({self.site!r}): group {group!r} names latent {k}, but there "
-                                          f"are {m} latents (0..{m - 1}).")
+                if not 0 <= k < n:
+                    raise HypothesisError(f"{self._what()}: group {group!r} names latent {k}, but there "
+                                          f"are {n} latents (0..{n - 1}).")
                 if k in seen:
-                    raise HypothesisError(f"Dictionary({self.site!r}): latent {k} is in groups {seen[k]!r} and "
+                    raise HypothesisError(f"{self._what()}: latent {k} is in groups {seen[k]!r} and "
                                           f"{group!r}; a latent belongs to one piece.")
                 seen[k] = group
 
+    def _what(self) -> str:
+        return f"{type(self).__name__}({self.site!r})"
+
+    @staticmethod
+    def _dims_fit(d_in: int, d_out: int) -> bool:
+        return d_in == d_out  # an autoencoder reads what it writes
+
+    @staticmethod
+    def _layout() -> str:
+        return "W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d] (threshold [n])"
+
     @classmethod
-    def load(cls, path, site: str, groups: dict[str, list[int]] | None = None) -> "Dictionary":
-        """From a safetensors file holding ``W_enc``, ``b_enc``, ``W_dec`` and ``b_dec``."""
+    def load(cls, path, site: str, groups: dict[str, list[int]] | None = None, **options) -> "Dictionary":
+        """From a safetensors file holding ``W_enc``, ``b_enc``, ``W_dec`` and ``b_dec`` (and optionally
+        ``threshold``, for JumpReLU); any other tensor is refused, naming it, rather than left out unseen."""
         from safetensors.torch import load_file
 
         tensors = load_file(str(path))
-        missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k not in tensors]
+        missing = [k for k in cls.KEYS if k not in tensors]
         if missing:
             raise HypothesisError(f"{path}: no tensor {missing} in this dictionary file; it needs W_enc, b_enc, "
                                   f"W_dec and b_dec (found {sorted(tensors)}).")
-        return cls(site, *(tensors[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec")), groups=dict(groups or {}))
+        unknown = sorted(set(tensors) - {*cls.KEYS, "threshold"})
+        if unknown:
+            raise HypothesisError(f"{path}: tensors {unknown} are not part of a {cls.__name__} here ({cls._layout()}; "
+                                  "a skip connection or an input bias has no piece of its own); remove them from the "
+                                  "file, or fold them into the weights.")
+        threshold = tensors["threshold"].float() if "threshold" in tensors else None
+        return cls(site, *(tensors[k].float() for k in cls.KEYS), groups=dict(groups or {}), threshold=threshold,
+                   **options)
 
-    def latents(self, value: torch.Tensor) -> torch.Tensor:
-        w = self.W_enc.to(value.device, value.dtype)
-        return torch.relu((value - self.b_dec.to(value)) @ w + self.b_enc.to(value))
+    def encoder_input(self, value: torch.Tensor, given: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """What the encoder reads: the site's output, less the decoder bias."""
+        return value - self.b_dec.to(value)
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """The latents of an encoder input ``x`` (``encoder_input``)."""
+        if x.shape[-1] != self.W_enc.shape[0]:
+            raise ModelError(f"{self._what()}: the encoder reads {self.W_enc.shape[0]} components (W_enc "
+                             f"{tuple(self.W_enc.shape)}), but its input here has {x.shape[-1]} on its last axis; "
+                             "check that the weights were trained on this site.")
+        pre = x @ self.W_enc.to(x) + self.b_enc.to(x)
+        return torch.relu(pre) if self.threshold is None else pre * (pre > self.threshold.to(x))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents @ self.W_dec.to(latents) + self.b_dec.to(latents)
@@ -196,17 +250,67 @@ class Dictionary(Pieces):
     def names(self) -> list[str]:
         return [*self.groups, "error"]
 
-    def parts(self, value):
-        a = self.latents(value)
+    def parts(self, value, given):
+        if value.shape[-1] != self.W_dec.shape[1]:
+            raise ModelError(f"{self._what()}: the decoder writes {self.W_dec.shape[1]} components (W_dec "
+                             f"{tuple(self.W_dec.shape)}), but site {self.site!r} gives {value.shape[-1]}; check that "
+                             "the weights were trained on this site.")
+        a = self.latents(self.encoder_input(value, given))
         w = self.W_dec.to(a)
         out = {group: a[..., latents] @ w[latents] for group, latents in self.groups.items()}
         out["error"] = value - self.decode(a)
         return out
 
 
+@dataclass
+class Transcoder(Dictionary):
+    """A transcoder: a dictionary that reads the site's input and predicts its output. Latents
+    ``a = act(x @ W_enc + b_enc)`` of the input slot's value ``x`` (``slot``: the site's only slot by default, e.g. an
+    MLP's ``in``); latent i contributes ``a_i W_dec[i]`` to the output. As for ``Dictionary``, each group of latents
+    is a piece (``site[group]``), ``site[error]`` is the site's output minus the reconstruction ``a @ W_dec + b_dec``,
+    and ``site[rest]`` the other latents and ``b_dec``. Each piece reads the site's slots, so a claim can say which
+    upstream nodes a group of latents reads; the pieces on the same inputs sum back to the site's output."""
+
+    slot: str | None = None
+
+    @staticmethod
+    def _dims_fit(d_in: int, d_out: int) -> bool:
+        return True
+
+    @staticmethod
+    def _layout() -> str:
+        return "W_enc [d_in, n], b_enc [n], W_dec [n, d_out], b_dec [d_out] (threshold [n])"
+
+    def bound_to(self, site: Site) -> "Transcoder":
+        if not site.slots:
+            raise HypothesisError(f"{self._what()}: site {site.name!r} reads the raw input; it has no input slot for a "
+                                  "transcoder to read. Split a site with an input (an MLP), or use a Dictionary (an "
+                                  f"autoencoder on {site.name!r}'s output).")
+        if self.slot is None and len(site.slots) > 1:
+            raise HypothesisError(f"{self._what()}: site {site.name!r} has input slots {list(site.slots)}; say which "
+                                  f"one the transcoder reads: Transcoder(..., slot={site.slots[-1]!r}).")
+        if self.slot is not None and self.slot not in site.slots:
+            raise HypothesisError(f"{self._what()}: site {site.name!r} has no input slot {self.slot!r}; its slots "
+                                  f"are {list(site.slots)}.")
+        return replace(self, slot=self.slot or site.slots[0])
+
+    @property
+    def reads(self) -> str | None:
+        return self.slot
+
+    def encoder_input(self, value, given):
+        if self.slot not in given:
+            raise ModelError(f"{self._what()}: the value of its input slot {self.slot!r} was not given; split the "
+                             "site with split_sites, which passes it.")
+        return given[self.slot].to(value.dtype)
+
+
 @dataclass(frozen=True)
 class ResidualStream:
     """The residual stream that feeds site ``before``: one node for the sum of every site feeding it.
+
+    It is transparent (``Site.transparent``): where no node claims it, an edge ``via="direct"`` into a reader passes
+    through it, so a claim that does not name the stream means what it meant before the split.
 
     ``readers``: the sites that read the stream instead of those sites: ``before`` alone by default (other sites
     keep their own inputs, so claims about them are unchanged), or ``"all"``: every site reading that whole sum
@@ -224,7 +328,7 @@ class ResidualStream:
 def split_sites(adapter: ModelAdapter, *splits: "Pieces | ResidualStream") -> "SplitSites":
     """``adapter`` with the extra sites of each split, applied in order (a later split may split an earlier piece)."""
     if not splits:
-        raise HypothesisError("split_sites needs at least one Subspace, Positions, Dictionary or ResidualStream.")
+        raise HypothesisError("split_sites needs at least one Subspace, Positions, Dictionary, Transcoder or ResidualStream.")
     for split in splits:
         adapter = SplitSites(adapter, split)
     return adapter
@@ -243,6 +347,8 @@ class SplitSites(ModelAdapter):
         if target == base.output and not isinstance(split, ResidualStream):
             raise HypothesisError(f"{type(split).__name__}({target!r}): the output site cannot be split; split a "
                                   f"site feeding it, or its residual stream (ResidualStream(before={target!r})).")
+        if isinstance(split, Pieces):
+            self.split = split = split.bound_to(base.sites[target])
         self.sites = self._resid_sites() if isinstance(split, ResidualStream) else self._piece_sites()
 
     # -- the site graph -------------------------------------------------------------------------------------------
@@ -251,10 +357,10 @@ class SplitSites(ModelAdapter):
         pieces = tuple(split.pieces)
         for site in self.base.sites.values():
             if site.name == split.site:
-                sites |= {p: Site(p, site.slots, site.parents) for p in pieces}
+                sites |= {p: replace(site, name=p) for p in pieces}
             else:
                 parents = tuple(q for p in site.parents for q in (pieces if p == split.site else (p,)))
-                sites[site.name] = Site(site.name, site.slots, parents)
+                sites[site.name] = replace(site, parents=parents)
         return sites
 
     def _resid_sites(self) -> dict[str, Site]:
@@ -273,10 +379,10 @@ class SplitSites(ModelAdapter):
             reads_all = bool(site.slots) and set(feeding) <= set(site.parents) and (readers == "all"
                                                                                       or site.name in readers)
             if reads_all and not placed:
-                sites[name] = Site(name, ("in",), feeding)
+                sites[name] = Site(name, ("in",), feeding, transparent=True)
                 placed = True
             parents = (name, *(p for p in site.parents if p not in feeding)) if reads_all else site.parents
-            sites[site.name] = Site(site.name, site.slots, parents)
+            sites[site.name] = replace(site, parents=parents)
         return sites
 
     # -- values -------------------------------------------------------------------------------------------------------
@@ -289,7 +395,8 @@ class SplitSites(ModelAdapter):
                 slots = {**slots, (split.name, "in"): total}
             return outputs, slots
         outputs = dict(outputs)
-        outputs |= split.split(outputs.pop(split.site))
+        given = {slot: slots[(split.site, slot)] for slot in self.base.sites[split.site].slots} if slots else {}
+        outputs |= split.split(outputs.pop(split.site), given)
         if slots:
             slots = dict(slots)
             for slot in self.base.sites[split.site].slots:
@@ -298,7 +405,9 @@ class SplitSites(ModelAdapter):
         return outputs, slots
 
     def _clean(self, inputs, slots, upto=None):
-        return self._rename(*self.base._clean(inputs, slots, None))
+        reads = isinstance(self.split, Pieces) and self.split.reads is not None  # the pieces need the site's input
+        outputs, renamed = self._rename(*self.base._clean(inputs, slots or reads, None))
+        return outputs, renamed if slots else {}
 
     def _run(self, site, slot_inputs, inputs):
         return self._through(self.base._run, site, slot_inputs, inputs)
@@ -308,7 +417,7 @@ class SplitSites(ModelAdapter):
         if isinstance(split, ResidualStream):
             return slot_inputs["in"] if site == split.name else run(site, slot_inputs, inputs)
         if site in split.pieces:
-            return split.split(run(split.site, slot_inputs, inputs))[site]
+            return split.split(run(split.site, slot_inputs, inputs), slot_inputs)[site]
         return run(site, slot_inputs, inputs)
 
     def _shortcuts(self, site):
@@ -371,7 +480,7 @@ class SplitSites(ModelAdapter):
             got = call(given, inputs, base_names)
             out.update({name: got[name] for name in others} if i == 0 else {})
             if values is not None:
-                parts = split.split(got[split.site])
+                parts = split.split(got[split.site], dict(zip(slots, values)))
                 out.update({piece: parts[piece] for piece in pieces})
         return {name: out[name] for name in names}
 
@@ -394,15 +503,23 @@ class SplitSites(ModelAdapter):
         outputs, slots = self._rename(raw, raw_slots)
         split = self.split
         if isinstance(split, ResidualStream):
-            parts, whole = [outputs[split.name]], sum(raw[p] for p in self.base.sites[split.before].parents)
+            names, whole = [split.name], sum(raw[p] for p in self.base.sites[split.before].parents)
             what = f"{split.name} and the sites feeding {split.before!r}"
         else:
-            parts, whole, what = [outputs[p] for p in split.pieces], raw[split.site], f"the pieces of {split.site!r}"
-        error = (sum(parts) - whole).abs().max().item()
+            names, whole, what = split.pieces, raw[split.site], f"the pieces of {split.site!r}"
+        for name in names:
+            if not torch.isfinite(outputs[name]).all() and torch.isfinite(whole).all():
+                raise ModelError(f"piece {name!r} is not finite on the calibration data, where the value it splits "
+                                 "is; check the split's tensors (their scale, NaNs).")
+        error = (sum(outputs[name] for name in names) - whole).abs().max().item()
         scale = whole.abs().max().item() + 1e-6
         if not error <= 1e-4 * scale + 1e-5:
+            size = {name: outputs[name].abs().max().item() for name in names}
+            worst = max(names, key=size.get)
             raise ModelError(f"{what} do not sum back to its value on the calibration data (off by {error:.3g} at "
-                             f"scale {scale:.3g}); check the split's tensors (dtype, shape, device).")
+                             f"scale {scale:.3g}); the largest piece is {worst!r} (up to {size[worst]:.3g}): a piece "
+                             "far larger than its site loses the site's value to rounding. Check the split's tensors "
+                             "(dtype, shape, device, scale).")
         return outputs, slots, None
 
 

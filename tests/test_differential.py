@@ -146,6 +146,12 @@ def _paths(sites, start: str, end: str) -> list[list[str]]:
     return [[start, *rest] for child, site in sites.items() if start in site.parents for rest in _paths(sites, child, end)]
 
 
+def _forming(sites, child: str, claimed: set[str]) -> set[str]:
+    """The transparent sites no node claims that form ``child``'s input (a wired site's arguments, a stream)."""
+    direct = {p for p in sites[child].parents if sites[p].transparent and p not in claimed}
+    return direct.union(*(_forming(sites, p, claimed) for p in direct))
+
+
 def _vias(draw, sites, parent: str, child: str, claimed: set[str]):
     """The ``via`` values that make a valid edge ``parent -> child``, one drawn at random (None if none is)."""
     free = {name for name, site in sites.items() if site.slots and name not in claimed}
@@ -153,7 +159,7 @@ def _vias(draw, sites, parent: str, child: str, claimed: set[str]):
     options = []
     if any(set(p[1:-1]) <= free for p in paths):
         options.append("all")
-    if parent in sites[child].parents:
+    if any(set(p[1:-1]) <= _forming(sites, child, claimed) for p in paths):  # "direct": through transparent sites only
         options.append("direct")
     inner = [tuple(p[1:-1]) for p in paths if p[1:-1] and set(p[1:-1]) <= free]
     if inner:
@@ -169,13 +175,15 @@ def _unclaimed(draw, slots):
 
 
 @st.composite
-def hypotheses(draw, adapter):
-    """A random hypothesis over the adapter's sites: nodes in site order, edges from earlier nodes upstream."""
+def hypotheses(draw, adapter, positional_sites=None):
+    """A random hypothesis over the adapter's sites: nodes in site order, edges from earlier nodes upstream.
+    Per-position classes on any site when the model has positions, or only on ``positional_sites`` if given."""
     sites = adapter.sites
     names = [s for s in sites if s != adapter.output]
     chosen = sorted(draw(st.sets(st.sampled_from(names), max_size=min(4, len(names)))), key=names.index)
     claimed = set(chosen) | {adapter.output}
-    positions = adapter.n_positions is not None
+    def per_position(site: str) -> bool:
+        return adapter.n_positions is not None and (positional_sites is None or site in positional_sites)
     h = Hypothesis("random", allow_singletons=True, unclaimed=draw(st.sampled_from(["draw", "reference"])))
     has_child: set[str] = set()
     for i, site in enumerate(chosen):
@@ -188,19 +196,31 @@ def hypotheses(draw, adapter):
                 continue
             slots = sites[site].slots
             into = draw(st.sampled_from([None, *[(s,) for s in slots], *([tuple(slots[:2])] if len(slots) > 2 else [])]))
-            kinds = st.integers(0, 3) if positions else st.sampled_from([0, 1, 3])  # no per-position classes
+            kinds = st.integers(0, 3) if per_position(earlier) else st.sampled_from([0, 1, 3])  # no per-position classes
             # sometimes the edge's own feature: the parent's value on this edge is drawn by it instead
             feature = _feature(draw(kinds), draw(st.integers(2, 3)), draw(st.integers(0, 1))) if draw(st.booleans()) \
                 else None
             parents.append(Edge(earlier, into=into, via=via, feature=feature))
             has_child.add(earlier)
-        kind = draw(st.integers(0, 3)) if positions else draw(st.sampled_from([0, 1, 3]))  # no per-position classes
+        kind = draw(st.integers(0, 3)) if per_position(site) else draw(st.sampled_from([0, 1, 3]))  # no per-position classes
         h.node(site, site, _feature(kind, draw(st.integers(2, 3)), draw(st.integers(0, 1))), parents=parents,
                unclaimed=_unclaimed(draw, sites[site].slots))
-    outputs = [n for n in chosen if n not in has_child or draw(st.integers(0, 3)) == 0]
-    h.output(parents=[Edge(n, via=_vias(draw, sites, n, adapter.output, claimed)) for n in outputs],
-             unclaimed=_unclaimed(draw, sites[adapter.output].slots))
-    return h
+    # the output reads every node that has no child, and some that have; a node with no valid path to the output
+    # (behind a claimed residual stream, say) and no child is dropped, last nodes first, so a node whose children
+    # all went feeds the output or goes too: every hypothesis drawn is valid
+    parents_of = {n: {e.parent for e in h.nodes[n].parents} for n in chosen}
+    kept, into_output = set(chosen), []
+    for n in reversed(chosen):
+        fed = any(n in parents_of[c] for c in kept)
+        if fed and draw(st.integers(0, 3)) != 0:
+            continue
+        via = _vias(draw, sites, n, adapter.output, claimed)
+        if via is not None:
+            into_output.insert(0, Edge(n, via=via))
+        elif not fed:
+            kept.discard(n)
+    h.output(parents=into_output, unclaimed=_unclaimed(draw, sites[adapter.output].slots))
+    return h.without(*(n for n in chosen if n not in kept)) if len(kept) < len(chosen) else h
 
 
 # -- samplers ----------------------------------------------------------------------------------
@@ -319,7 +339,7 @@ def _wrong_routes():
         def wrong(bound, name):
             with monkeypatch.context() as m:
                 m.setattr(BoundHypothesis, "intermediates",
-                          lambda self, edge: every(self, Edge(edge.parent, edge.into, "all")))
+                          lambda self, edge, child: every(self, Edge(edge.parent, edge.into, "all"), child))
                 return route(bound, name)
         return wrong
 

@@ -8,12 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from scrubbing import EXACT, Edge, Hypothesis
+from functools import lru_cache
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scrubbing import EXACT, Edge, Hypothesis, HypothesisError
 from scrubbing.adapters import INPUT, Concat, TorchModuleAdapter
 from scrubbing.errors import ModelError, ScrubError
 from scrubbing.sites import Dataset
 
 from .conftest import engine_and_reference
+from .test_differential import CASES, _check, hypotheses
 
 SITES = {"embed": (), "mix": ("embed",), "readout": ("embed", "mix")}
 
@@ -198,10 +204,26 @@ def _wired_hypotheses():
     h4.node("e", "embed", lambda d: d.inputs % 2)
     h4.node("tok", "input", lambda d: (d.inputs[:, 0] > 1).long())
     h4.output(parents=["e", "tok"])
-    return [h1, h2, h3, h4]
+    return [h1, h2, h3, h4, _direct()]
 
 
-@pytest.mark.parametrize("index", range(4))
+def _direct(explicit: bool = False) -> Hypothesis:
+    """``via="direct"`` into wired sites: each parent reaches its child only through the arguments it feeds
+    directly (``explicit``: the same claim with those argument sites named)."""
+    def via(*ports):
+        return ports if explicit else "direct"
+
+    h = Hypothesis("direct into wired sites" + (" (ports named)" if explicit else ""), allow_singletons=True)
+    h.node("e", "embed", lambda d: d.inputs % 2)  # per position
+    h.node("a", "a", _tok(1), parents=["e"])
+    h.node("cat", "cat", _tok(2), parents=[Edge("e", via=via("cat:in<embed")), Edge("a", via=via("cat:in<a"))])
+    h.node("gate", "gate", _tok(0), parents=[Edge("a", via=via("gate:g")),  # a feeds h only through cat
+                                             Edge("cat", into="in", via=via("gate:h"))])
+    h.output(parents=[Edge("gate", via=via("head:h"))])
+    return h
+
+
+@pytest.mark.parametrize("index", range(5))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_wired_sites_engine_equals_reference(index, seed):
     data = _data()
@@ -213,6 +235,59 @@ def test_wired_sites_engine_equals_reference(index, seed):
     with torch.no_grad():
         clean = adapter.model(data.inputs[:12])
     assert not torch.allclose(engine, clean, atol=1e-3)  # the scrub changed something: the test can fail
+
+
+def test_direct_into_a_wired_site_passes_through_the_arguments_its_parent_feeds():
+    """``via="direct"`` into a wired site is the claim with the argument sites its parent feeds named: the same
+    routes, the same numbers; without the wiring's identity sites it would mean the same thing."""
+    data = _data()
+    adapter = _wired()
+    adapter.calibrate(data.inputs)
+    refs = torch.arange(12)
+    direct, _ = engine_and_reference(_direct(), adapter, data, refs, seed=3)
+    named, _ = engine_and_reference(_direct(explicit=True), adapter, data, refs, seed=3)
+    torch.testing.assert_close(direct, named, atol=0, rtol=0)
+    every = Hypothesis("a through every path", allow_singletons=True)  # a also reaches gate through cat: differs
+    every.node("a", "a", _tok(1)).node("gate", "gate", _tok(0), parents=["a"]).output(parents=["gate"])
+    through_g = every.replacing("gate", parents=[Edge("a", via="direct")])
+    assert (engine_and_reference(every, adapter, data, refs, seed=3)[0]
+            - engine_and_reference(through_g, adapter, data, refs, seed=3)[0]).abs().max() > 1e-3
+
+
+def test_direct_into_a_wired_site_is_refused_where_no_argument_carries_it():
+    data = _data()
+    adapter = _wired()
+    adapter.calibrate(data.inputs)
+    h = Hypothesis("embed direct into head", allow_singletons=True)
+    h.node("e", "embed", _tok(0)).output(parents=[Edge("e", via="direct")])  # embed reaches head only through gate
+    with pytest.raises(HypothesisError, match=r"edge 'e' -> 'output'.*'direct' into 'head' passes only through the "
+                                              r"sites that form its input \(head:h, head:tokens\), and none of them "
+                                              r"reads 'embed'; use via='all'"):
+        h.bind(adapter, data)
+    h = Hypothesis("argument claimed", allow_singletons=True)
+    h.node("a", "a", _tok(0)).node("g", "gate:g", _tok(1), parents=["a"])
+    h.node("gate", "gate", _tok(0), parents=["g", Edge("a", via="direct")]).output(parents=["gate"])
+    with pytest.raises(HypothesisError, match=r"edge 'a' -> 'gate'.*Site 'gate' reads 'a' through 'gate:g' \(node "
+                                              r"'g'\), claimed by a node.*draw the edge into it instead"):
+        h.bind(adapter, data)
+
+
+@settings(max_examples=max(CASES // 4, 10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_engine_equals_reference_on_random_hypotheses_over_wired_sites(data, seed):
+    """The differential generator over the wired model: direct edges into wired sites, via its argument sites,
+    the raw input as a parent. Per-position classes only where a site's output has a position axis."""
+    adapter, dataset = _calibrated_wired()
+    h = data.draw(hypotheses(adapter, positional_sites={"input", "embed", "a", "cat", "gate", "head"}))
+    _check(adapter, dataset, h, data.draw, seed)
+
+
+@lru_cache(maxsize=1)
+def _calibrated_wired():
+    data = _data()
+    adapter = _wired()
+    adapter.calibrate(data.inputs)
+    return adapter, data
 
 
 def test_the_raw_input_as_a_parent_is_resampled():

@@ -8,12 +8,14 @@ extra, in its own environment); nothing else here imports the compiler.
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from benchmarks.tracr.task import NAMES, load, load_task
 from scrubbing import scrub, suite
@@ -191,3 +193,28 @@ def test_padded_keys_are_masked():
 
     result = scrub(true_hypothesis(fixture), task_for(fixture), n_refs=20, regimes=["random"], n_boot=100).to_dict()
     assert result["regimes"]["random"]["abs_gap"] <= 1e-6
+
+
+def test_the_shipped_transcoder_predicts_m2_from_its_input_and_reads_opp_idx_only():
+    """benchmarks/tracr/train_transcoder.py's checkpoint: from m2's input slot it reconstructs m2's output, its
+    labels are what its latents fire for, and its live latents read opp_idx's directions and no other that varies
+    (but where the padding starts); the training is deterministic (a short run, twice)."""
+    from benchmarks.tracr.train_sae import labels
+    from benchmarks.tracr.train_transcoder import activations, encode, train
+    from scrubbing.split import Transcoder
+
+    path = ROOT / "benchmarks" / "tracr" / "sae" / "reverse_m2_transcoder.safetensors"
+    tc = Transcoder.load(path, "m2")
+    x, y, op = activations(load_task("reverse"))
+    a = tc.latents(x)
+    assert ((tc.decode(a) - y).norm(dim=1).max() / y.norm(dim=1).max()) < 1e-4
+    with safe_open(str(path), "pt") as f:
+        assert {int(k): v for k, v in json.loads(f.metadata()["labels"]).items()} == labels(a, op)
+    live = a.amax(0) > 0
+    read = tc.W_enc[:, live].abs().sum(1) > 0  # the residual directions some live latent reads
+    names = load("reverse").meta["residual_labels"]
+    reads = {names[i] for i in range(len(names)) if read[i] and x[:, i].std() > 0} - {"tokens:BOS", "tokens:PAD"}
+    assert reads and all(name.startswith("opp_idx_4:") for name in reads), reads
+    first, second = train(x[:500], y[:500], steps=50), train(x[:500], y[:500], steps=50)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert torch.equal(encode(first, x), torch.relu(x @ first["W_enc"] + first["b_enc"]))

@@ -66,8 +66,9 @@ class TorchModuleAdapter(ModelAdapter):
     oracle need nothing else: each argument of a wired site ``f`` is an identity site ``f:x`` (its slot is the
     sum of the argument's parents; a concatenated argument has one site ``f:x<p`` per parent, its slice), and
     ``f`` reads one slot ``in``, the sum of those sites, every argument packed into one flat vector per example.
-    A claim that ``p`` reaches ``f`` only through argument ``x`` is an edge ``via=("f:x",)`` (the nearest to
-    ``via="direct"`` into a wired site, whose inputs always pass through its argument sites). ``calibrate``
+    The argument sites are transparent (``Site.transparent``): ``Edge(p, via="direct")`` into ``f`` means ``p``
+    reaches ``f`` only through the arguments it feeds directly (each recomputed, its other parents from the draw),
+    as it would without the wiring; ``via=("f:x",)`` restricts it to argument ``x``. ``calibrate``
     checks the declared wiring on data (every sum, every slice of every concatenation) and refuses it, naming
     the site and the fix, where it does not hold.
 
@@ -126,12 +127,12 @@ class TorchModuleAdapter(ModelAdapter):
                             raise ModelError(f"site {name!r}: Concat names parent {parent!r} twice; each parent "
                                              "fills one slice.")
                         self.ports[port] = _Port(name, arg, parent)
-                        out[port] = Site(port, ("in",), (parent,))
+                        out[port] = Site(port, ("in",), (parent,), transparent=True)
                         ports.append(port)
                 else:
                     port = f"{name}:{label}"
                     self.ports[port] = _Port(name, arg)
-                    out[port] = Site(port, ("in",), tuple(how))
+                    out[port] = Site(port, ("in",), tuple(how), transparent=True)
                     ports.append(port)
             out[name] = Site(name, ("in",), tuple(ports))
         return out
