@@ -47,7 +47,9 @@ def train(x: torch.Tensor, n_latents: int = N_LATENTS, seed: int = SEED, steps: 
     with torch.no_grad():  # refit the decoder on the final latents: least squares, no penalty
         a = torch.relu((x - b_dec) @ W_enc + b_enc)
         design = torch.cat([a, torch.ones(len(a), 1)], 1).double()
-        solution = torch.linalg.lstsq(design, x.double()).solution.float()
+        # gelsd (SVD), not the default gelsy: torch hands gelsy an uninitialised pivot array (pytorch#71222), and
+        # this design is rank-deficient (latents that fire together), so its solution changed from call to call
+        solution = torch.linalg.lstsq(design, x.double(), driver="gelsd").solution.float()
         W_dec.copy_(solution[:-1])
         b_dec_new = solution[-1]
         b_enc.add_((b_dec_new - b_dec) @ W_enc)  # same latents with the new decoder bias
