@@ -109,25 +109,45 @@ class Subspace(Pieces):
             position: int | None = None) -> "Subspace":
         """Directions fitted on the site's clean outputs over ``data``: ``"pca"`` (the top ``k`` principal
         directions) or ``"regression"`` (the least-squares direction that predicts ``target``: a dataset column,
-        or a tensor with a value per example or per position). ``position`` fits on that position's output only."""
-        values = adapter.clean(data.inputs, upto=site)[site].detach().double()
+        or a tensor with a value per example or per position). ``position`` fits on that position's output only.
+
+        Both fit within the span the outputs vary in: directions whose singular value is below the outputs' own
+        precision (their dtype's epsilon times the largest) are rounding, not variation. A head writes into d_head
+        of d_model dimensions; a least-squares fit over all of them puts almost all of its weight on the rounding
+        (it is then neither meaningful nor reproducible: rounding-level differences in the solver scale up by the
+        condition number)."""
+        if method not in ("pca", "regression"):
+            raise HypothesisError(f"Subspace.fit: unknown method {method!r}; choose 'pca' or 'regression'.")
+        if method == "regression" and not isinstance(target, torch.Tensor) and target not in data.columns:
+            raise HypothesisError(f"Subspace.fit(method='regression') needs target=<a dataset column or a "
+                                  f"tensor>; got {target!r}; columns: {sorted(data.columns)}.")
+        values = adapter.clean(data.inputs, upto=site)[site].detach()
+        precision = torch.finfo(values.dtype).eps
+        values = values.double()
         if position is not None:
             values = values[:, position]
         flat = values.reshape(-1, values.shape[-1])
-        centred = flat - flat.mean(0)
+        u, s, vh = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)
+        span = int((s > s[0] * precision).sum())  # s[0] == 0: the outputs do not vary, span 0
+        wanted = k if method == "pca" else 1
+        if span < wanted:
+            raise HypothesisError(f"Subspace.fit({site!r}, {method!r}): the site's outputs vary along {span} "
+                                  f"direction(s) over this data (beyond rounding); {wanted} needed"
+                                  + ("; ask for fewer (k)." if method == "pca" else "."))
         if method == "pca":
-            directions = torch.linalg.svd(centred, full_matrices=False).Vh[:k]
-        elif method == "regression":
-            if not isinstance(target, torch.Tensor) and target not in data.columns:
-                raise HypothesisError(f"Subspace.fit(method='regression') needs target=<a dataset column or a "
-                                      f"tensor>; got {target!r}; columns: {sorted(data.columns)}.")
+            directions = vh[:k]
+        else:
+            # least squares restricted to the span (the minimum-norm solution): an explicit SVD, not
+            # torch.linalg.lstsq, whose default CPU driver (gelsy) pivots by an uninitialised array (pytorch#71222)
             y = (target if isinstance(target, torch.Tensor) else data.columns[target]).double()
             if position is not None and y.dim() == 2:
                 y = y[:, position]
             y = y.reshape(-1) if y.numel() == len(flat) else y.repeat_interleave(len(flat) // len(y))
-            directions = torch.linalg.lstsq(centred, (y - y.mean())[:, None]).solution.T
-        else:
-            raise HypothesisError(f"Subspace.fit: unknown method {method!r}; choose 'pca' or 'regression'.")
+            u, s, vh = u[:, :span], s[:span], vh[:span]
+            directions = ((u.T @ (y - y.mean())) / s @ vh)[None]
+            if not directions.abs().max() > 0:
+                raise HypothesisError(f"Subspace.fit({site!r}, 'regression'): the target does not vary with the "
+                                      "site's outputs over this data (its least-squares direction is zero).")
         return cls(site, directions.float(), name or f"{method}{k if method == 'pca' else ''}")
 
 

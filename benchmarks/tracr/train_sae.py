@@ -63,7 +63,8 @@ def encode(weights: dict, x: torch.Tensor) -> torch.Tensor:
 def refit_decoder(latents: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The decoder (weights, bias) that best predicts ``target`` from fixed ``latents``: least squares in float64
     by SVD (``gelsd``; the default ``gelsy`` returned fits worse than the bias alone on these rank-deficient
-    designs: many rows repeat, and dead or duplicate latents make columns dependent)."""
+    designs, where many rows repeat and dead or duplicate latents make columns dependent, and torch hands it an
+    uninitialised pivot array, pytorch#71222, so its solution changed from call to call)."""
     design = torch.cat([latents, torch.ones(len(latents), 1)], 1).double()
     solution = torch.linalg.lstsq(design, target.double(), driver="gelsd").solution.float()
     return solution[:-1], solution[-1]

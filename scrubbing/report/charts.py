@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from .markup import el, f1, join
-from .text import cancels, finite, interval, number, ok
+from .text import cancels, finite, interval, number
 
 
 def _short(v: float) -> str:
@@ -16,15 +16,15 @@ def _short(v: float) -> str:
 # -- gap chart -------------------------------------------------------------------------------
 
 def gap_chart(regimes: dict[str, dict]) -> str:
+    """``regimes``: those that ran (the page draws no other)."""
     names = list(regimes)
     label_w, width, right = 150, 560, 18
     row_h, group_gap, top, axis_h = 18, 14, 30, 26
     plot_l, plot_r = label_w, width - right
     values = [0.0]
     for reg in regimes.values():
-        if ok(reg):
-            for key in ("loss_gap", "abs_gap", "noise_floor"):
-                values += [x for x in [reg.get(key), *(reg.get(key + "_ci") or [])] if finite(x)]
+        for key in ("loss_gap", "abs_gap", "noise_floor"):
+            values += [x for x in [reg.get(key), *(reg.get(key + "_ci") or [])] if finite(x)]
     lo, hi = min(values), max(values)
     if hi - lo < 1e-12:
         hi = lo + 1.0
@@ -52,23 +52,19 @@ def gap_chart(regimes: dict[str, dict]) -> str:
         group = [el("text", {"class": "rlabel", "x": 6, "y": y + row_h - 3}, name)]
         if cancels(reg):
             group.append(el("text", {"class": "cancels-tag", "x": 6, "y": y + 2 * row_h - 5}, "CANCELS"))
-        if not ok(reg):
-            group.append(el("text", {"class": "not-run", "x": plot_l + 8, "y": y + row_h + 4},
-                            reg.get("status", "not run")))
-        else:
-            noise, noise_ci = reg.get("noise_floor"), reg.get("noise_floor_ci") or []
-            if len(noise_ci) == 2 and all(finite(v) for v in noise_ci):
-                a, b = sorted(noise_ci)
-                group.append(el("rect", {"class": "noise-band", "x": f1(x(a)), "y": y + row_h,
-                                         "width": f1(max(x(b) - x(a), 1)), "height": row_h},
-                                el("title", {}, f"noise floor interval {interval([a, b])}")))
-            for k, (key, cls, label) in enumerate((("loss_gap", "mean", "E[loss] gap"),
-                                                   ("abs_gap", "abs", "E[|Δloss|] gap"))):
-                group.append(_gap_row(reg, key, cls, label, x, y + k * row_h, row_h))
-            if finite(noise):
-                group.append(el("line", {"class": "noise", "x1": f1(x(noise)), "y1": y + row_h - 1,
-                                         "x2": f1(x(noise)), "y2": y + 2 * row_h + 1},
-                                el("title", {}, f"noise floor {number(noise)}")))
+        noise, noise_ci = reg.get("noise_floor"), reg.get("noise_floor_ci") or []
+        if len(noise_ci) == 2 and all(finite(v) for v in noise_ci):
+            a, b = sorted(noise_ci)
+            group.append(el("rect", {"class": "noise-band", "x": f1(x(a)), "y": y + row_h,
+                                     "width": f1(max(x(b) - x(a), 1)), "height": row_h},
+                            el("title", {}, f"noise floor interval {interval([a, b])}")))
+        for k, (key, cls, label) in enumerate((("loss_gap", "mean", "E[loss] gap"),
+                                               ("abs_gap", "abs", "E[|Δloss|] gap"))):
+            group.append(_gap_row(reg, key, cls, label, x, y + k * row_h, row_h))
+        if finite(noise):
+            group.append(el("line", {"class": "noise", "x1": f1(x(noise)), "y1": y + row_h - 1,
+                                     "x2": f1(x(noise)), "y2": y + 2 * row_h + 1},
+                            el("title", {}, f"noise floor {number(noise)}")))
         out.append(el("g", {"class": "regime", "data-regime": name}, group))
         y += 2 * row_h + group_gap
         if name != names[-1]:
@@ -119,15 +115,14 @@ def delta_hist(name: str, reg: dict) -> str:
     width, height, pad_l, pad_r, top, plot_h = 380, 178, 40, 10, 22, 96
     svg = {"class": "delta-hist", "data-regime": name, "viewBox": f"0 0 {width} {height}", "width": width,
            "height": height, "role": "img", "aria-label": f"per-example Δloss histogram, {name}"}
-    hist = reg.get("delta_histogram") if ok(reg) else None
+    hist = reg.get("delta_histogram")
     edges = (hist or {}).get("edges") or []
     counts = (hist or {}).get("counts") or []
     if not hist or len(edges) != len(counts) + 1 or not counts:
-        msg = reg.get("status", "not run") if not ok(reg) else "no histogram"
         return el("svg", svg, el("rect", {"class": "frame", "x": pad_l, "y": top, "width": width - pad_l - pad_r,
                                           "height": plot_h}),
                   el("text", {"class": "not-run", "x": width / 2, "y": top + plot_h / 2 + 4, "text-anchor": "middle"},
-                     msg))
+                     "no histogram"))
     lo, hi = float(edges[0]), float(edges[-1])
     if hi <= lo:
         hi = lo + 1.0

@@ -3,7 +3,8 @@
 ``render_html`` is a pure function of the report dict (``Report.to_dict()``, the stable JSON format). The page
 carries a Content-Security-Policy that forbids every fetch and every script, so it renders the same offline, from
 a mail attachment or from a CI artifact. Regimes are drawn as the report lists them: the renderer has no list of
-its own.
+its own. Like the terminal table, the page shows only the regimes that ran; those that did not are named beside
+the verdict ("not run: worst-swap").
 
 Stable hooks for tests and tools: ``table#summary`` (one ``tr.regime-row`` per hypothesis × regime, with
 ``data-run`` and ``data-regime``), ``section.hypothesis#run-N``, ``svg.gap-chart``, ``svg.delta-hist``
@@ -126,7 +127,7 @@ def _summary_table(runs: list[dict]) -> str:
         "cancel share", "% recovered", "per-example recovered", "flags")])
     rows = []
     for i, run in enumerate(runs):
-        regimes = _regimes(run) or {"–": {"status": "no regime ran"}}
+        regimes = _ran(run) or {"–": {"status": "no regime ran"}}
         names = list(regimes)
         for j, name in enumerate(names):
             reg = regimes[name]
@@ -147,8 +148,7 @@ def _summary_table(runs: list[dict]) -> str:
                     _cell(reg, "noise_floor"), _cell(reg, "cancellation", digits=2),
                     _cell(reg, "recovered", percent=True), _cell(reg, "per_example_recovered", percent=True),
                     el("td", {"class": "flags"}, _flags(reg))]
-            cls = ("regime-row" + (" first" if j == 0 else "") + ("" if ok(reg) else " skipped")
-                   + (" cancels" if cancels(reg) else "") + (" failed" if reg.get("failed_expectations") else ""))
+            cls = ("regime-row" + (" first" if j == 0 else "") + (" cancels" if cancels(reg) else "") + (" failed" if reg.get("failed_expectations") else ""))
             rows.append(el("tr", {"class": cls, "data-run": i, "data-regime": name}, cells))
     return el("section", {"class": "card"}, el("h2", {}, "Summary"),
               el("div", {"class": "scroll"}, el("table", {"id": "summary"}, el("thead", {}, head),
@@ -189,7 +189,7 @@ def _flags(reg: dict) -> list:
 
 
 def _section(i: int, run: dict) -> str:
-    regimes = _regimes(run)
+    regimes = _ran(run)
     meta = [
         ("task", run.get("task")), ("model loss", _interval_text(run, "model_loss")),
         ("baseline loss", _interval_text(run, "baseline_loss")), ("references", run.get("n_refs")),
@@ -201,16 +201,17 @@ def _section(i: int, run: dict) -> str:
     for name, reg in regimes.items():
         short = _flags_short(reg)
         columns.append(el(
-            "div", {"class": "regime-col" + ("" if ok(reg) else " skipped"), "data-regime": name},
+            "div", {"class": "regime-col", "data-regime": name},
             el("h4", {}, name, [" ", short] if short else None),
             el("p", {"class": "help"}, regime_help(name)),
             el("figure", {"class": "hist"}, el("figcaption", {}, "per-example Δloss = scrubbed − model"),
                delta_hist(name, reg)),
             _adversary(name, reg)))
-    grid = el("div", {"class": "grid"}, "\n",
-              _graph_figure(i, run), "\n",
-              el("figure", {"class": "gaps"}, el("figcaption", {}, "gaps per regime (whiskers: 95% interval)"),
-                 gap_chart(regimes)), "\n")
+    gaps = el("figure", {"class": "gaps"}, el("figcaption", {}, "gaps per regime (whiskers: 95% interval)"),
+              gap_chart(regimes)) if regimes else el("p", {"class": "not-run"}, "no regime ran")
+    grid = el("div", {"class": "grid"}, "\n", _graph_figure(i, run), "\n", gaps, "\n")
+    why_not = [el("p", {"class": "not-run"}, f"{name}: {reg.get('status')}") for name, reg in _regimes(run).items()
+               if not ok(reg) and reg.get("status") != "not run"]  # as the terminal table notes them
     return el(
         "section", {"class": "card hypothesis", "id": f"run-{i}", "data-run": i}, "\n",
         el("h2", {}, run.get("hypothesis", "?"), _section_flags(run), el("a", {"class": "up", "href": "#summary"},
@@ -220,7 +221,7 @@ def _section(i: int, run: dict) -> str:
         _expectations(run), "\n",
         grid, "\n",
         el("h3", {}, "Per regime: how each example's loss moved, and what the adversary chose"), "\n",
-        el("div", {"class": "regimes"}, columns), "\n")
+        el("div", {"class": "regimes"}, columns), "\n", [[p, "\n"] for p in why_not])
 
 
 def _graph_figure(i: int, run: dict) -> str:
@@ -273,9 +274,6 @@ def _expectations(run: dict) -> str:
 
 def _adversary(name: str, reg: dict) -> str:
     head = el("h5", {}, "what the adversary chose") if name != "random" else None
-    if not ok(reg):
-        return el("div", {"class": "adversary skipped", "data-regime": name}, head,
-                  el("p", {"class": "not-run"}, reg.get("status", "not run")))
     note = adversary_note(reg)  # the one note, as the table prints it; then what it is made of
     parts = [el("p", {"class": "note"}, note)] if note else []
     if reg.get("refinements"):
@@ -329,6 +327,11 @@ def _interval_text(run: dict, key: str) -> str:
 def _regimes(run: dict) -> dict[str, dict]:
     """The run's regimes, in the order the report gives them."""
     return {k: (v if isinstance(v, dict) else {"status": str(v)}) for k, v in (run.get("regimes") or {}).items()}
+
+
+def _ran(run: dict) -> dict[str, dict]:
+    """The regimes that ran, in the report's order: the only ones the page draws."""
+    return {k: v for k, v in _regimes(run).items() if ok(v)}
 
 
 def _n_failed(run: dict) -> int:
