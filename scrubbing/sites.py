@@ -260,7 +260,8 @@ class ModelAdapter:
           them that must repeat the first chunk's readings (a model with noise in eval mode is refused).
 
         About 3 clean passes of R rows in all (each pass that reads or writes every head's input costs more
-        than a bare forward pass), whatever c: chunks add calls, not rows. Only should a shortcut fail by its
+        than a bare forward pass; an adapter may read such inputs through an alias in a cheaper pass, as
+        ``HookedAdapter.for_bridge`` does), whatever c: chunks add calls, not rows. Only should a shortcut fail by its
         values (not by raising) is a chunked calibration's sweep repeated, for the sites whose next option then
         needs every chunk. Should a site's output follow other sites' slots or the raw input, or for adapters
         without ``_run_all``, sites are checked one by one: the same chunks and running sums, the structural
@@ -595,28 +596,36 @@ class _OffsetSums:
     def add(self, sites: dict, outputs, slots) -> None:
         sums: dict[tuple[str, ...], object] = {(): 0}
         buffers: dict = {}  # one scratch tensor per shape, reused by every slot (no fresh memory per slot)
+        measured: dict = {}  # (slot tensor, parents) -> its figures: slots read as one tensor are measured once
         for site in sites.values():
             if not site.slots:
                 continue
             total = parent_sum(site.parents, outputs, sums)
             for slot in site.slots:
                 actual = slots[(site.name, slot)]
-                if not actual.is_floating_point():  # integer inputs (token ids read as a slot): exact in float64
-                    actual, total = actual.double(), total.double() if isinstance(total, torch.Tensor) else total
-                residual = torch.sub(actual, total, out=_scratch(buffers, actual))
-                # the largest magnitude, per coordinate (``tolerance``); amax and amin: each several times faster
-                # than one aminmax on the CPU
-                scale = torch.maximum(actual.amax(dim=0), -actual.amin(dim=0))
+                same = (id(actual), site.parents)
+                if same not in measured:
+                    measured[same] = self._measure(actual, total, buffers)
+                total_rows, least, most, scale = measured[same]
                 key = (site.name, slot)
-                least, most = residual.amin(dim=0), residual.amax(dim=0)
-                total_rows = residual.sum(dim=0).double()  # chunks add up in float64
                 if key in self.seen:
                     was_sum, was_least, was_most, was_scale = self.seen[key]
-                    total_rows += was_sum
+                    total_rows = total_rows + was_sum  # not in place: ``measured`` may share it with other slots
                     least, most, scale = torch.minimum(least, was_least), torch.maximum(most, was_most), \
                         torch.maximum(scale, was_scale)
                 self.seen[key] = (total_rows, least, most, scale)
         self.rows += len(next(iter(outputs.values())))
+
+    @staticmethod
+    def _measure(actual, total, buffers):
+        """One slot's chunk figures: its residual's sum (float64) and elementwise least and greatest values, and
+        the slot's largest magnitude per coordinate (``tolerance``)."""
+        if not actual.is_floating_point():  # integer inputs (token ids read as a slot): exact in float64
+            actual, total = actual.double(), total.double() if isinstance(total, torch.Tensor) else total
+        residual = torch.sub(actual, total, out=_scratch(buffers, actual))
+        # amax and amin: each several times faster than one aminmax on the CPU
+        scale = torch.maximum(actual.amax(dim=0), -actual.amin(dim=0))
+        return residual.sum(dim=0).double(), residual.amin(dim=0), residual.amax(dim=0), scale
 
     def offsets(self, rtol: float) -> dict[tuple[str, str], torch.Tensor]:
         """Each slot's mean residual, refused unless constant."""

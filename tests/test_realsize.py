@@ -234,6 +234,32 @@ def test_bridge_architecture_scrubs_like_the_reference(kind):
     torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_bridge_calibration_reads_head_inputs_through_the_residual_stream(kind):
+    """``for_bridge`` reads every head's q/k/v slot through its block's ``hook_resid_pre`` in an unsplit pass,
+    checked against the slots themselves on 4 rows: what calibration decides is what reading every slot decides.
+    An alias that differs from its slot is caught, and calibration reads every slot instead."""
+    pytest.importorskip("transformers")
+    from benchmarks.perf.realsize import boot, tokens
+
+    bridge = boot(kind, n_layers=2, n_heads=4, d_model=16, vocab=11, n_ctx=5)
+    inputs = tokens(32, 5, 11).inputs
+    aliased, plain, wrong = (HookedAdapter.for_bridge(bridge) for _ in range(3))
+    plain.slot_aliases = {}
+    wrong.slot_aliases = {hook: f"blocks.{1 - int(hook.split('.')[1])}.hook_resid_pre" for hook in aliased.slot_aliases}
+    assert len(aliased.slot_aliases) == 6
+    for adapter in (aliased, plain, wrong):
+        adapter.calibrate(inputs)
+    assert len(aliased.slot_aliases) == 6 and wrong.slot_aliases == {}
+    # the clean pass on 32 rows; the aliases checked on 4; a stopped and a full pass on 4 (early stop, determinism)
+    assert aliased.calibration.rows_run["clean"] == plain.calibration.rows_run["clean"] + 4 == 32 + 3 * 4
+    for adapter in (aliased, wrong):
+        assert set(adapter.shortcuts) == set(plain.shortcuts) and adapter.early_stops == plain.early_stops
+        assert adapter.calibration.offsets.keys() == plain.calibration.offsets.keys()
+        for key, offset in plain.calibration.offsets.items():
+            torch.testing.assert_close(adapter.calibration.offsets[key], offset, atol=1e-5, rtol=1e-4)
+
+
 # -- the hand-written TransformerLens loop the benchmark compares against ------------------------------
 @pytest.mark.parametrize("shape", ["large", "small"])
 def test_hand_written_hook_loop_computes_the_engines_scrub(shape):

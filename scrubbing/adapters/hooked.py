@@ -23,6 +23,10 @@ class _Captured(Exception):
     """Raised inside a hook to stop the forward pass once the wanted output is read."""
 
 
+class _AliasesDiffer(Exception):
+    """Raised when a slot read through its alias differs from the slot itself: calibrate again without aliases."""
+
+
 @dataclass(frozen=True)
 class HookRef:
     """A hook point, optionally one head of a ``[batch, pos, head, d]`` hook."""
@@ -132,16 +136,32 @@ class HookedAdapter(ModelAdapter):
                                                 parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
                                                 n_kv_heads=getattr(cfg, "n_key_value_heads", None)))
         adapter.unsplit_clean = True
+        # a bridge's per-head q/k/v inputs are copies of the block's residual stream (before the layer norm)
+        adapter.slot_aliases = {f"blocks.{layer}.hook_{s}_input": f"blocks.{layer}.hook_resid_pre"
+                                for layer in range(cfg.n_layers) for s in "qkv"
+                                if f"blocks.{layer}.hook_resid_pre" in bridge.hook_dict}
         return adapter
 
     unsplit_clean = False  # clean passes that read no slot run the bridge's attention unsplit (``for_bridge``)
+    # per-head hook -> a hook whose value every head's slot equals (``for_bridge``): calibration's clean pass reads
+    # the alias in an unsplit pass (one tensor per block instead of three per-head copies), and checks it against
+    # the slots themselves on its first rows; should one differ, it calibrates again reading every slot
+    slot_aliases: dict[str, str] = {}
+
+    def calibrate(self, data, *args, **kwargs):
+        self._aliases_checked = False
+        try:
+            return super().calibrate(data, *args, **kwargs)
+        except _AliasesDiffer:
+            self.slot_aliases = {}
+            return super().calibrate(data, *args, **kwargs)
 
     @contextmanager
-    def _unsplit(self, slots_too: bool):
+    def _unsplit(self, split: bool):
         """A clean pass that reads no slot runs attention unsplit: the bridge's per-head q/k/v copies (each head's
         own layer norm and projection) cost about as much again as the rest of the pass, and only a pass that
         reads or writes one head's input needs them. Same values to rounding (about 1e-6 relative)."""
-        if slots_too or not self.unsplit_clean:
+        if split or not self.unsplit_clean:
             yield
             return
         self.model.set_use_split_qkv_input(False)
@@ -163,31 +183,61 @@ class HookedAdapter(ModelAdapter):
             return None
         d_vocab = getattr(cfg, "d_vocab_out", -1) or -1
         d_vocab = d_vocab if d_vocab > 0 else getattr(cfg, "d_vocab", d_model)
-        reads = sum((spec.output is not None) + len(spec.slots) for spec in self.spec.values())
+        slots = [ref.hook for spec in self.spec.values() for ref in spec.slots.values()]
+        reads = (sum(spec.output is not None for spec in self.spec.values())
+                 + sum(hook not in self.slot_aliases for hook in slots)
+                 + len({self.slot_aliases[hook] for hook in slots if hook in self.slot_aliases}))
         size = next((p.element_size() for p in self.model.parameters()), 4)
         positions = inputs.shape[1] if inputs.dim() > 1 else 1
         return positions * size * (reads * d_model + d_vocab)
 
     def _calibration_pass(self, inputs):
-        """The clean pass with slots, also recording the order in which the output hooks fire."""
+        """The clean pass with slots, also recording the order in which the output hooks fire; slots read
+        through their aliases where the adapter has them (checked once per calibration)."""
         trace: list[str] = []
-        outputs, slots = self._clean(inputs, True, trace=trace)
+        outputs, slots = self._clean(inputs, True, trace=trace, aliased=bool(self.slot_aliases))
         return outputs, slots, trace
 
-    def _clean(self, inputs, slots_too, upto=None, copy=False, trace=None):
+    _aliases_checked = False
+
+    def _read(self, inputs):
+        readings = super()._read(inputs)
+        if self.slot_aliases and not self._aliases_checked:
+            self._check_aliases(inputs[:self.EARLY_STOP_ROWS], readings[1])
+        return readings
+
+    def _check_aliases(self, inputs, slots) -> None:
+        """Every slot read through its alias equals the slot itself, read in a split pass on these rows."""
+        _, real = self._counted("clean", len(inputs), self._guarded, self._clean, inputs, True)
+        if any(not close_enough(slots[key][:len(inputs)], value, 1e-4) for key, value in real.items()):
+            raise _AliasesDiffer
+        self._aliases_checked = True
+
+    def _clean(self, inputs, slots_too, upto=None, copy=False, trace=None, aliased=False):
         """Readings are views of the model's tensors (no copy, as in TransformerLens's caches);
         should the model modify one in place after its hook, the pass is redone with copies.
         With ``upto``, only the sites up to it are read and the pass stops at its output. With ``trace``
-        (a list), the names of the output hooks are appended to it as they fire."""
+        (a list), the names of the output hooks are appended to it as they fire. With ``aliased``, slots
+        with an alias (``slot_aliases``) are read there, once per alias, in an unsplit pass."""
         names = list(self.spec)
         wanted = names if upto is None else names[: names.index(upto) + 1]
         readings: dict = {}
         hooks = []
+        aliases = self.slot_aliases if aliased else {}
+        shared: dict[str, str] = {}  # slot hook -> its alias, read once into ``by_alias``
+        by_alias: dict = {}
+        split = False  # whether a per-head slot is read itself: only a split pass has per-head inputs
         for spec in (self.spec[name] for name in wanted):
             if spec.output is not None:
                 hooks.append((spec.output.hook, self._reader(readings, spec.name, spec.output, copy)))
             for slot, ref in spec.slots.items() if slots_too else ():
-                hooks.append((ref.hook, self._reader(readings, (spec.name, slot), ref, copy)))
+                if ref.hook in aliases:
+                    shared[ref.hook] = aliases[ref.hook]
+                else:
+                    split = split or ref.head is not None
+                    hooks.append((ref.hook, self._reader(readings, (spec.name, slot), ref, copy)))
+        for alias in dict.fromkeys(shared.values()):
+            hooks.append((alias, self._reader(by_alias, alias, HookRef(alias), copy)))
         stop = self.spec[upto].output if upto is not None else None
         if stop is not None:
             hooks.append((stop.hook, self._raiser))
@@ -195,17 +245,22 @@ class HookedAdapter(ModelAdapter):
             hooks += [(hook, partial(self._tracer, trace, hook)) for hook in
                       dict.fromkeys(self.spec[name].output.hook for name in names if self.spec[name].output)]
         result = None
-        with torch.no_grad(), self._unsplit(slots_too), self.model.hooks(fwd_hooks=hooks):
+        with torch.no_grad(), self._unsplit(split), self.model.hooks(fwd_hooks=hooks):
             try:
                 result = self.model(inputs)
             except _Captured:
                 pass
-        if any(version is not None and value._version != version for value, version in readings.values()):
+        if any(version is not None and value._version != version
+               for value, version in [*readings.values(), *by_alias.values()]):
             if trace is not None:
                 trace.clear()
-            return self._clean(inputs, slots_too, upto, copy=True, trace=trace)
+            return self._clean(inputs, slots_too, upto, copy=True, trace=trace, aliased=aliased)
         outputs = {key: value for key, (value, _) in readings.items() if isinstance(key, str)}
         slots = {key: value for key, (value, _) in readings.items() if isinstance(key, tuple)}
+        for spec in (self.spec[name] for name in wanted) if shared else ():
+            for slot, ref in spec.slots.items():
+                if ref.hook in shared:
+                    slots[(spec.name, slot)] = by_alias[shared[ref.hook]][0]
         if result is not None:
             outputs[self.output] = result
         return outputs, slots
