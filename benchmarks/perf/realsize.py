@@ -43,10 +43,10 @@ def boot(kind: str = "gpt2", n_layers: int = 12, n_heads: int = 12, d_model: int
         model = transformers.LlamaForCausalLM(config)
     else:
         raise ValueError(f"unknown kind {kind!r}: gpt2, neox or llama")
-    path = tempfile.mkdtemp(prefix=f"scrub-{kind}-")
-    model.save_pretrained(path)
-    _local_tokenizer(vocab).save_pretrained(path)  # the bridge loads a tokenizer; never from the hub
-    bridge = TransformerBridge.boot_transformers(path, device="cpu")
+    with tempfile.TemporaryDirectory(prefix=f"scrub-{kind}-") as path:  # booted, the bridge holds every weight
+        model.save_pretrained(path)
+        _local_tokenizer(vocab).save_pretrained(path)  # the bridge loads a tokenizer; never from the hub
+        bridge = TransformerBridge.boot_transformers(path, device="cpu")
     bridge.eval()
     return bridge
 
