@@ -250,7 +250,9 @@ class ModelAdapter:
         shortcuts by block (``_shortcut_groups``), such as ``HookedAdapter``, whatever the number of sites,
         with R rows in c chunks and m = ``check_rows`` (R/8, 8 to 64):
 
-        - one clean pass with slots per chunk (R rows in all): offsets, the clean expectations, the hook order;
+        - one clean pass with slots per chunk (R rows in all): offsets, the clean expectations, the hook order
+          (where the adapter reads slots through aliases, ``HookedAdapter.slot_aliases``, one more pass on 4 rows
+          reads the slots themselves and must agree);
         - one pass with every site patched on 2m rows: two halves in a shuffled context, each with half the
           sites given mixed slots (each site's output must follow its own slots only, not the raw input);
         - one block call per block start and chunk, on R + 2m rows in all: every site's shortcut from that
