@@ -154,7 +154,7 @@ def _reset_peak_rss() -> bool:
 
 
 def measure(n_refs: int, n_data: int = 512, seed: int = 0, d_model: int = 768, n_ctx: int = 16,
-            vocab: int = 1000, hypothesis: str = "large", hand_batch: int = 64) -> dict:
+            vocab: int = 1000, hypothesis: str = "large", hand_batch: int = 64, calibration_only: bool = False) -> dict:
     """One size, in this process: a clean pass over the references (the unit, median of 3), the engine
     (calibration on ``calibration_rows`` rows as ``scrub`` does, median of 3; plan; execution) and the hand-written hook loop
     (``hand_loop.hand_outputs``) on the same plan, whose outputs must equal the engine's; peak RSS of each."""
@@ -200,6 +200,9 @@ def measure(n_refs: int, n_data: int = 512, seed: int = 0, d_model: int = 768, n
     calibrate_s = statistics.median(calibrations)
     print(f"{n_refs} refs: clean pass {clean_s:.2f}s, calibration ({rows} rows) {calibrate_s:.2f}s",
           file=sys.stderr, flush=True)
+    if calibration_only:
+        return {"n_refs": n_refs, "clean_pass_s": clean_s, "clean_pass_runs_s": clean, "calibrate_s": calibrate_s,
+                "calibrate_runs_s": calibrations, "calibration_over_clean": calibrate_s / clean_s}
     bound = (ioi_large() if hypothesis == "large" else ioi_small()).bind(t.adapter, data)
     start = time.perf_counter()
     plan = make_plan(bound, refs, RandomSampler(class_tables(bound.classes)), np.random.default_rng(seed))
@@ -265,10 +268,12 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=1000)
     parser.add_argument("--hypothesis", default="large", choices=["large", "small"])
     parser.add_argument("--out", default="benchmarks/perf/realsize.json")
+    parser.add_argument("--calibration-only", action="store_true",
+                        help="in this process, at --refs references: the clean pass and calibration only")
     args = parser.parse_args()
     if args.refs:
         print(json.dumps(measure(args.refs, d_model=args.d_model, n_ctx=args.ctx, vocab=args.vocab,
-                                 hypothesis=args.hypothesis)), flush=True)
+                                 hypothesis=args.hypothesis, calibration_only=args.calibration_only)), flush=True)
         return
     results = []
     for n in (int(x) for x in args.sizes.split(",")):  # one fresh process per size: peak memory is its own
