@@ -208,7 +208,8 @@ def _evaluation_mode(adapter, device=None):
     finally:
         adapter.restore()
         if module is not None:
-            module.to(home)
+            if device is not None:  # only a model that was moved goes back (a bridge's ``to`` prints a line)
+                module.to(home)
             if was_training:
                 module.train()
 

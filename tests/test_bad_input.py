@@ -170,3 +170,17 @@ def test_a_device_this_process_cannot_use_is_refused_before_anything_runs(small,
     with pytest.raises(ScrubError, match=rf"device '{device}' cannot be used here .*devices available: cpu"):
         scrub(_leaf_and_head(), _task(adapter, data), n_refs=20, regimes=["random"], device=device)
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_a_run_moves_the_model_only_when_given_a_device(small, monkeypatch):
+    """Without ``device`` the model stays where it is, untouched (a TransformerBridge prints a line on every
+    ``to``); with one it goes there for the run and comes back."""
+    model, data, adapter = small
+    moves = []
+    real_to = type(model).to
+    monkeypatch.setattr(type(model), "to",
+                        lambda self, *args, **kwargs: moves.append(args) or real_to(self, *args, **kwargs))
+    scrub(_leaf_and_head(), _task(adapter, data), n_refs=20, regimes=["random"])
+    assert moves == []
+    scrub(_leaf_and_head(), _task(adapter, data), n_refs=20, regimes=["random"], device="cpu")
+    assert [str(args[0]) for args in moves] == ["cpu", "cpu"]
