@@ -280,7 +280,7 @@ class _Layout:
     stops as early as it can and writes adjacent rows."""
 
     def __init__(self, compiled: "_Compiler", adapter: ModelAdapter, n_examples: int):
-        self.order = {name: i for i, name in enumerate(adapter.sites)}
+        order = {name: i for i, name in enumerate(adapter.sites)}
         parts: dict = {}
         for key, ids in compiled.reads:
             ids = ids.reshape(-1)
@@ -289,7 +289,7 @@ class _Layout:
                 parts.setdefault(key, []).append(ids)
         self.held = {key: torch.unique(torch.cat(ids)) for key, ids in parts.items()}
         # the deepest site a clean pass must reach to read each key (a parent list need not be in site order)
-        self.reach = {key: max(self.order[p] for p in key.parents) if isinstance(key, Prefix) else self.order[key]
+        self.reach = {key: max(order[p] for p in key.parents) if isinstance(key, Prefix) else order[key]
                       for key in self.held}
         depth = torch.full((n_examples,), -1, dtype=torch.long)
         for key, examples in self.held.items():
@@ -339,7 +339,7 @@ class _Schedule:
         for site in {*compiled.count, *compiled.assemblies}:  # written at their step
             last[site] = max(last.get(site, -1), step_of[site])
         last[output] = len(steps)
-        self.steps, self.step_of, self.count = steps, step_of, compiled.count
+        self.steps, self.count = steps, compiled.count
         self.frees = [[key for key, at in last.items() if at == i] for i in range(len(steps))]
         self.sums_held = []  # per step: (site, rows) of each distinct partial sum its requests read, held while it runs
         for step in steps:
@@ -407,10 +407,7 @@ class _Feed:
                     value = values[i]
                     fresh = request.fresh[a - self.edges[i]:b - self.edges[i]]
                     pieces.append(value.index_select(0, fresh.to(value.device)))
-            piece = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-            if stop > end:
-                piece = torch.cat([piece, piece[-1:].expand(stop - end, *piece.shape[1:])])
-            out[slot] = piece
+            out[slot] = _rows(pieces[0] if len(pieces) == 1 else torch.cat(pieces), 0, stop - start)
         return out
 
 

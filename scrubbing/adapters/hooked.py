@@ -175,8 +175,8 @@ class HookedAdapter(ModelAdapter):
 
     def row_bytes(self, inputs):
         """About the bytes one row's clean readings take (calibration sizes its chunks by it): each output and
-        slot read is ``d_model`` wide per position (attention hooks per head), the logits ``d_vocab``; None for
-        a model without a TransformerLens-style ``cfg``."""
+        slot read is ``d_model`` wide per position (attention hooks per head; slots read through one alias count
+        once), the logits ``d_vocab``; None for a model without a TransformerLens-style ``cfg``."""
         cfg = getattr(self.model, "cfg", None)
         d_model = getattr(cfg, "d_model", None)
         if not d_model:
