@@ -257,7 +257,10 @@ class ModelAdapter:
           sites given mixed slots (each site's output must follow its own slots only, not the raw input);
         - one block call per block start and chunk, on R + 2m rows in all: every site's shortcut from that
           block on the clean rows and both halves (with the first chunk); each call runs about one block, so
-          together about one pass. A second option is tried only for the sites whose first failed;
+          together about one pass. Where the adapter has a cheaper call for the clean rows alone
+          (``_clean_rows_call``; ``HookedAdapter.for_bridge`` runs them unsplit), the clean rows go in that call
+          and the halves in the engine's call: two calls per block start. A second option is tried only for
+          the sites whose first failed;
         - one clean pass on ``EARLY_STOP_ROWS`` (4) rows stopping at the deepest early stop, and one full one on
           them that must repeat the first chunk's readings (a model with noise in eval mode is refused).
 
@@ -515,9 +518,15 @@ class ModelAdapter:
             return {}
         return self._all_runs(slots, inputs.flip(0))
 
-    def _group_matches(self, call, slot_inputs, context, names):
-        self._calls["group"] = self._calls.get("group", 0) + 1
-        self._rows["group"] = self._rows.get("group", 0) + len(context)
+    def _clean_rows_call(self, call, names) -> Callable | None:
+        """A cheaper call checking a group's shortcut (``_shortcut_groups``) on the clean block alone, whose
+        slots are those the clean pass read; None (the default): the clean rows join the other blocks in
+        ``call``. The call the engine runs is still checked, as it is, on the structural blocks."""
+        return None
+
+    def _group_matches(self, call, slot_inputs, context, names, what: str = "group"):
+        self._calls[what] = self._calls.get(what, 0) + 1
+        self._rows[what] = self._rows.get(what, 0) + len(context)
         try:
             with torch.no_grad():
                 return call(slot_inputs, context, names)
@@ -691,21 +700,26 @@ class _ShortcutChecks:
     def run(self, blocks, index: int) -> None:
         """Check every site's current option on these blocks (chunk ``index``)."""
         adapter = self.adapter
-        context = None
-        bounds = _bounds([block[2] for block in blocks])
+        contexts: dict[tuple, torch.Tensor] = {}  # each run's rows, concatenated once for every group
+        clean = [block for block in blocks if block[0] == "clean"]
         for k in range(self.depth + 1):
             for g, (call, members) in enumerate(self.groups):
                 names = [name for name in members if name in self.options and self.current(name) == ("group", k, g)]
                 if not names:
                     continue
-                if context is None:
-                    context = torch.cat([block[2] for block in blocks])
-                given = _Joined([block[1] for block in blocks],
-                                [(name, slot) for name in names for slot in adapter.sites[name].slots])
-                got = adapter._group_matches(call, given, context, names)
+                cheaper = adapter._clean_rows_call(call, names)
+                runs = ([(call, blocks, "group")] if cheaper is None else
+                        [(cheaper, clean, "group clean"), (call, [b for b in blocks if b[0] != "clean"], "group")])
+                pieces: list | None = []
+                for fn, part, what in (run for run in runs if run[1]):
+                    got = self._group_call(fn, part, names, what, contexts)
+                    if got is None:
+                        pieces = None
+                        break
+                    pieces += got
                 for name in names:
-                    self._record(name, index, None if got is None else
-                                 [(block[0], got[name][a:b], block[3][name]) for block, (a, b) in zip(blocks, bounds)])
+                    self._record(name, index, None if pieces is None else
+                                 [(label, outputs[name], expected[name]) for label, outputs, expected in pieces])
         for name in self.options:
             while (option := self.current(name)) is not None and option[0] == "alone":
                 fn = adapter._shortcuts(name)[option[1]]
@@ -723,6 +737,19 @@ class _ShortcutChecks:
                 self._record(name, index, pieces)
                 if self.current(name) == option:
                     break
+
+    def _group_call(self, call, blocks, names, what: str, contexts: dict):
+        """One group call on these blocks' rows: (label, outputs, expected outputs) per block; None if it raised."""
+        key = tuple(block[0] for block in blocks)
+        if key not in contexts:
+            contexts[key] = torch.cat([block[2] for block in blocks])
+        given = _Joined([block[1] for block in blocks],
+                        [(name, slot) for name in names for slot in self.adapter.sites[name].slots])
+        got = self.adapter._group_matches(call, given, contexts[key], names, what)
+        if got is None:
+            return None
+        return [(label, {name: got[name][a:b] for name in names}, expected)
+                for (label, _, _, expected), (a, b) in zip(blocks, _bounds([block[2] for block in blocks]))]
 
     def _record(self, name: str, index: int, pieces) -> None:
         if pieces is None or any(got.shape != expected.shape for _, got, expected in pieces):

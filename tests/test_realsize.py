@@ -253,11 +253,44 @@ def test_bridge_calibration_reads_head_inputs_through_the_residual_stream(kind):
     assert len(aliased.slot_aliases) == 6 and wrong.slot_aliases == {}
     # the clean pass on 32 rows; the aliases checked on 4; a stopped and a full pass on 4 (early stop, determinism)
     assert aliased.calibration.rows_run["clean"] == plain.calibration.rows_run["clean"] + 4 == 32 + 3 * 4
+    # the heads' shortcuts checked unsplit on the 32 clean rows and split on the 2 x 8 structural rows
+    calls, rows = aliased.calibration.calls, aliased.calibration.rows_run
+    assert calls["group clean"] >= 2 and rows["group clean"] == 32 * calls["group clean"], rows
+    assert "group clean" not in plain.calibration.calls and "group clean" not in wrong.calibration.calls
     for adapter in (aliased, wrong):
         assert set(adapter.shortcuts) == set(plain.shortcuts) and adapter.early_stops == plain.early_stops
         assert adapter.calibration.offsets.keys() == plain.calibration.offsets.keys()
         for key, offset in plain.calibration.offsets.items():
             torch.testing.assert_close(adapter.calibration.offsets[key], offset, atol=1e-5, rtol=1e-4)
+
+
+class _WrongOnLateRows(HookedAdapter):
+    """A bridge adapter whose block shortcuts that skip the earlier blocks are wrong on rows 16 and on: only the
+    clean block (32 rows) reaches them; the structural blocks have 2 x 8 rows."""
+
+    def _from_block(self, slot_inputs, inputs, names, layer, entries, skip=False):
+        out = super()._from_block(slot_inputs, inputs, names, layer, entries, skip)
+        if skip and len(inputs) > 16:
+            out = {name: torch.cat([value[:16], value[16:] + 1.0]) for name, value in out.items()}
+        return out
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_shortcut_wrong_only_on_some_clean_rows_is_refused_though_checked_unsplit(kind):
+    """The clean rows' checks run unsplit (``_clean_rows_call``) but still see every row: a shortcut wrong only on
+    rows outside the structural blocks is refused, and the next option (not skipping) verified instead."""
+    pytest.importorskip("transformers")
+    from benchmarks.perf.realsize import boot, tokens
+
+    bridge = boot(kind, n_layers=2, n_heads=4, d_model=16, vocab=11, n_ctx=5)
+    inputs = tokens(32, 5, 11).inputs
+    right, wrong = HookedAdapter.for_bridge(bridge), _WrongOnLateRows.for_bridge(bridge)
+    for adapter in (right, wrong):
+        adapter.calibrate(inputs)
+        assert adapter.calibration.check_rows == 8 and adapter.calibration.calls["group clean"] >= 2
+    heads = [name for name in right.sites if name.startswith("a1.")]
+    assert all(right.shortcuts[name].keywords["skip"] for name in heads)
+    assert not any(wrong.shortcuts[name].keywords["skip"] for name in heads)
 
 
 # -- the hand-written TransformerLens loop the benchmark compares against ------------------------------
