@@ -17,7 +17,7 @@ from .checks import failures, judged
 from .errors import ScrubError
 from .regimes import REGIMES
 from .report import Report
-from .run import DEFAULT_BUDGET, DEFAULT_MEMORY_BUDGET, DEFAULT_N_REFS, scrub
+from .run import DEFAULT_BUDGET, DEFAULT_MEMORY_BUDGET, DEFAULT_N_REFS, refuse_ray_on, scrub
 from .verdict import DEFAULT_TOLERANCE
 
 
@@ -88,6 +88,7 @@ def _run_on_ray(loaded, args, console: Console) -> Report:
     """Many hypotheses: one run per worker. Few: candidate evaluations of each search spread over the workers."""
     from . import distributed
 
+    refuse_ray_on(args.device)
     ray = distributed.connect(args.ray or None)
     jobs = [(str(f.path), i, h.name) for f in loaded for i, h in enumerate(f.hypotheses)]
     console.print(f"Ray: {distributed.workers(ray)} workers for {len(jobs)} hypothesis runs", highlight=False)

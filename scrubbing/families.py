@@ -25,7 +25,10 @@ from .task import Task
 class Refinement:
     description: str
     targets: tuple[str, ...]
-    classes: torch.Tensor = field(repr=False)
+    classes: torch.Tensor = field(repr=False)  # on the CPU, as the hypothesis's own classes
+
+    def __post_init__(self):
+        object.__setattr__(self, "classes", self.classes.cpu())  # a family may build them from data on a GPU
 
 
 @dataclass

@@ -539,7 +539,7 @@ class BoundHypothesis:
                 f"node {node.name!r}: feature returned shape {tuple(values.shape)}; expected [{n}] (per example) "
                 f"or [{n}, n_positions] (per token position) for the {n} examples."
             )
-        values = values.long()
+        values = values.long().cpu()  # classes live on the CPU, whatever device the data's columns are on
         if not self.hypothesis.allow_singletons:
             self._check_singletons(node.name, values)
         return values

@@ -86,6 +86,8 @@ def scrub(
     except ValueError as err:
         raise ScrubError(str(err)) from None
     device = _usable_device(device)
+    if evaluator is not None:
+        refuse_ray_on(device)
     adapter, data = task.adapter, task.data
     if len(data) < MIN_REFS:
         raise ScrubError(f"task {task.name!r} has only {len(data)} examples; a run needs at least {MIN_REFS} "
@@ -108,7 +110,7 @@ def scrub(
                 f"only {len(search_refs)} of the {n} examples are left after {n_refs} references; {fix}, or run "
                 "only the random regime (regimes=['random'], --regimes random)."
             )
-        engine = Engine(adapter, data, batch_size=batch_size, chunk_refs=chunk_refs, device=device,
+        engine = Engine(adapter, data, batch_size=batch_size, chunk_refs=chunk_refs, device=adapter.device,
                         memory_budget=memory_budget)
         scorer = Scorer(engine, task, bound, progress)
 
@@ -165,12 +167,28 @@ def scrub(
 
 
 def calibrate_once(adapter, data, n_refs: int | None = None) -> None:
-    """Calibrate once, on as many examples as the references (``sites.calibration_rows``)."""
-    if getattr(adapter, "calibration", None) is None:
+    """Calibrate once, on as many examples as the references (``sites.calibration_rows``), and again should the
+    model now be on another device than the one its calibration verified it on (a task calibrated on the CPU
+    when it loaded, run with ``device="cuda"``)."""
+    calibration = getattr(adapter, "calibration", None)
+    if calibration is None or calibration.device != str(adapter.device):
         from .sites import calibration_rows
 
-        device = _device_of(getattr(adapter, "model", None))
-        adapter.calibrate(data.inputs[: calibration_rows(len(data), n_refs)].to(device))
+        adapter.calibrate(data.inputs[: calibration_rows(len(data), n_refs)].to(adapter.device))
+
+
+def refuse_ray_on(device) -> None:
+    """Ray runs stay on the CPU: its workers see no GPU unless asked for one, and nothing here asks yet."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        _usable_device(device)  # raises, naming the device
+        raise
+    if kind != "cpu":
+        raise ScrubError(f"device {str(device)!r} with Ray: Ray's workers are given no GPU here, so they would run "
+                         "on the CPU or fail; run on one machine without --ray (or with --device cpu).")
 
 
 def _usable_device(device) -> torch.device | None:
@@ -186,19 +204,15 @@ def _usable_device(device) -> torch.device | None:
     return device
 
 
-def _device_of(module) -> torch.device:
-    try:
-        return next(module.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
 @contextmanager
 def _evaluation_mode(adapter, device=None):
     """Run in eval mode (no dropout), on ``device`` if given, and leave the model exactly as it was found."""
     module = getattr(adapter, "model", None)
+    if device is not None and not isinstance(module, torch.nn.Module):
+        raise ScrubError(f"device={str(device)!r}: the adapter ({type(adapter).__name__}) has no torch module as its "
+                         "`model` to move there; move the model yourself and leave device unset.")
     was_training = getattr(module, "training", None)
-    home = _device_of(module)
+    home = adapter.device
     if module is not None:
         module.eval()
         if device is not None:

@@ -61,7 +61,9 @@ class Calibration:
     a site's output depends on the raw input beyond its slots; ``n_positions``: length of the position axis
     (None without one); ``rows``: calibration rows (the decomposition and the clean shortcut check use all);
     ``check_rows``: rows of the structural checks (mixed slots, shuffled context); ``calls`` and ``rows_run``:
-    model calls made, by kind, and the rows they ran. Read-only by convention (plain dicts so it pickles).
+    model calls made, by kind, and the rows they ran; ``device``: where the model was (what was verified there
+    is not taken for verified on another device: ``run.calibrate_once`` calibrates again). Read-only by
+    convention (plain dicts so it pickles).
     """
 
     offsets: dict[tuple[str, str], torch.Tensor]
@@ -74,6 +76,7 @@ class Calibration:
     calls: dict[str, int]
     rows_run: dict[str, int]
     together: dict[str, int] = field(default_factory=dict)
+    device: str = "cpu"
 
 
 def calibration_rows(n_examples: int, n_refs: int | None = None) -> int:
@@ -133,6 +136,14 @@ class ModelAdapter:
     @property
     def early_stops(self) -> frozenset[str]:
         return frozenset() if self.calibration is None else self.calibration.early_stops
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (cpu for an adapter without a ``model``, or a model without any)."""
+        try:
+            return next(self.model.parameters()).device
+        except (AttributeError, StopIteration):
+            return torch.device("cpu")
 
     @property
     def calls(self) -> dict[str, int]:
@@ -341,7 +352,7 @@ class ModelAdapter:
                 self._unchanged(readings)
                 del readings, outputs, slots, blocks
         return Calibration(offsets, checks.verified, early, uses_context, positions, n, check_rows,
-                           dict(self._calls), dict(self._rows), dict(checks.together))
+                           dict(self._calls), dict(self._rows), dict(checks.together), str(self.device))
 
     def _check_deterministic(self, inputs, readings) -> None:
         """Read the first rows again: a model that gives other values on the same input (noise in eval mode) would

@@ -121,7 +121,7 @@ class Subspace(Pieces):
         if method == "regression" and not isinstance(target, torch.Tensor) and target not in data.columns:
             raise HypothesisError(f"Subspace.fit(method='regression') needs target=<a dataset column or a "
                                   f"tensor>; got {target!r}; columns: {sorted(data.columns)}.")
-        values = adapter.clean(data.inputs, upto=site)[site].detach()
+        values = adapter.clean(data.inputs.to(adapter.device), upto=site)[site].detach().cpu()  # fitted on the CPU
         precision = torch.finfo(values.dtype).eps
         values = values.double()
         if position is not None:
@@ -139,7 +139,7 @@ class Subspace(Pieces):
         else:
             # least squares restricted to the span (the minimum-norm solution): an explicit SVD, not
             # torch.linalg.lstsq, whose default CPU driver (gelsy) pivots by an uninitialised array (pytorch#71222)
-            y = (target if isinstance(target, torch.Tensor) else data.columns[target]).double()
+            y = (target if isinstance(target, torch.Tensor) else data.columns[target]).double().cpu()
             if position is not None and y.dim() == 2:
                 y = y[:, position]
             y = y.reshape(-1) if y.numel() == len(flat) else y.repeat_interleave(len(flat) // len(y))

@@ -172,6 +172,44 @@ def test_a_device_this_process_cannot_use_is_refused_before_anything_runs(small,
     assert next(model.parameters()).device.type == "cpu"
 
 
+def test_device_with_ray_or_without_a_module_to_move_is_refused(small):
+    """Ray's workers get no GPU here, so a GPU run over Ray is refused up front, naming the device; so is a device
+    for an adapter with no torch module to move."""
+    from scrubbing.run import refuse_ray_on
+
+    model, data, adapter = small
+    with pytest.raises(ScrubError, match=r"device 'cuda:1' with Ray.*without --ray"):
+        refuse_ray_on("cuda:1")
+    refuse_ray_on("cpu")
+    refuse_ray_on(None)
+    with pytest.raises(ScrubError, match=r"device 'bogus' cannot be used here"):
+        refuse_ray_on("bogus")
+    adapter.model, kept = object(), adapter.model
+    try:
+        with pytest.raises(ScrubError, match=r"has no torch module as its `model`.*leave device unset"):
+            scrub(_leaf_and_head(), _task(adapter, data), n_refs=20, regimes=["random"], device="cpu")
+    finally:
+        adapter.model = kept
+
+
+def test_a_calibration_made_on_another_device_is_made_again(small):
+    """What calibration verified on one device is not taken for verified on another: ``calibrate_once`` calibrates
+    again when the model has moved since (a task calibrated on the CPU as it loads, run on a GPU)."""
+    import dataclasses
+
+    from scrubbing.run import calibrate_once
+
+    model, data, adapter = small
+    calibrate_once(adapter, data, 20)
+    made = adapter.calibration
+    assert made.device == "cpu"
+    calibrate_once(adapter, data, 20)
+    assert adapter.calibration is made  # same device: kept
+    adapter.calibration = dataclasses.replace(made, device="cuda:0")
+    calibrate_once(adapter, data, 20)
+    assert adapter.calibration is not made and adapter.calibration.device == "cpu"
+
+
 def test_a_run_moves_the_model_only_when_given_a_device(small, monkeypatch):
     """Without ``device`` the model stays where it is, untouched (a TransformerBridge prints a line on every
     ``to``); with one it goes there for the run and comes back."""

@@ -264,6 +264,32 @@ def test_bridge_calibration_reads_head_inputs_through_the_residual_stream(kind):
             torch.testing.assert_close(adapter.calibration.offsets[key], offset, atol=1e-5, rtol=1e-4)
 
 
+def test_a_bridge_call_splits_attention_only_where_a_heads_input_is_written():
+    """A patched call that writes no head's q/k/v input (here the output's shortcut, from block 1) runs the bridge's
+    attention unsplit, in calibration and in the engine alike; one that writes a head's input runs it split. The
+    outputs are those of the full patched pass either way."""
+    pytest.importorskip("transformers")
+    from benchmarks.perf.realsize import boot, tokens
+
+    bridge = boot("gpt2", n_layers=2, n_heads=4, d_model=16, vocab=11, n_ctx=5)
+    inputs = tokens(32, 5, 11).inputs
+    adapter = HookedAdapter.for_bridge(bridge)
+    adapter.calibrate(inputs)
+    modes = []
+    handle = bridge.blocks[1].register_forward_pre_hook(lambda module, args: modes.append(bridge.cfg.use_split_qkv_input))
+    slots = adapter.clean_slots(inputs)
+    try:
+        for site, split in (("output", False), ("a1.2", True)):
+            given = {slot: slots[(site, slot)] for slot in adapter.sites[site].slots}
+            modes.clear()
+            fast, full = adapter.run(site, given, inputs), adapter.run(site, given, inputs, shortcut=False)
+            assert modes[0] is split, (site, modes)
+            torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-4)
+    finally:
+        handle.remove()
+    assert bridge.cfg.use_split_qkv_input
+
+
 class _WrongOnLateRows(HookedAdapter):
     """A bridge adapter whose block shortcuts that skip the earlier blocks are wrong on rows 16 and on: only the
     clean block (32 rows) reaches them; the structural blocks have 2 x 8 rows."""

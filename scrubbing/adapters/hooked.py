@@ -135,14 +135,14 @@ class HookedAdapter(ModelAdapter):
         adapter = cls(bridge, transformer_sites(cfg.n_layers, cfg.n_heads, attn_only=getattr(cfg, "attn_only", False),
                                                 parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
                                                 n_kv_heads=getattr(cfg, "n_key_value_heads", None)))
-        adapter.unsplit_clean = True
+        adapter.headless_unsplit = True
         # a bridge's per-head q/k/v inputs are copies of the block's residual stream (before the layer norm)
         adapter.slot_aliases = {f"blocks.{layer}.hook_{s}_input": f"blocks.{layer}.hook_resid_pre"
                                 for layer in range(cfg.n_layers) for s in "qkv"
                                 if f"blocks.{layer}.hook_resid_pre" in bridge.hook_dict}
         return adapter
 
-    unsplit_clean = False  # clean passes that read no slot run the bridge's attention unsplit (``for_bridge``)
+    headless_unsplit = False  # passes that read or write no head's input run the bridge's attention unsplit (``for_bridge``)
     # per-head hook -> a hook whose value every head's slot equals (``for_bridge``): calibration's clean pass reads
     # the alias in an unsplit pass (one tensor per block instead of three per-head copies), and checks it against
     # the slots themselves on its first rows; should one differ, it calibrates again reading every slot
@@ -158,21 +158,19 @@ class HookedAdapter(ModelAdapter):
 
     @contextmanager
     def _unsplit(self, split: bool):
-        """A clean pass that reads no slot runs attention unsplit: the bridge's per-head q/k/v copies (each head's
-        own layer norm and projection) cost about as much again as the rest of the pass, and only a pass that
-        reads or writes one head's input needs them. Same values to rounding (about 1e-6 relative)."""
-        if split or not self.unsplit_clean:
+        """A pass that reads or writes no head's input (``split`` False) runs attention unsplit: the bridge's
+        per-head q/k/v copies (each head's own layer norm and projection) cost about as much again as the rest
+        of the pass, and only a pass that reads or writes one head's input needs them. Same values to rounding
+        (about 1e-6 relative). The rule is the same in calibration and in the engine, so a patched call is
+        checked in the mode the engine runs it."""
+        if split or not self.headless_unsplit:
             yield
             return
         self.model.set_use_split_qkv_input(False)
-        self._split_off = True
         try:
             yield
         finally:
-            self._split_off = False
             self.model.set_use_split_qkv_input(True)
-
-    _split_off = False  # True inside ``_unsplit``: no per-head input hook fires (a bridge refuses one)
 
     def _positions(self, outputs):
         return outputs[self.output].shape[1] if self._positional else None
@@ -341,19 +339,25 @@ class HookedAdapter(ModelAdapter):
         return self._many(slot_inputs, names, call)
 
     def _clean_rows_call(self, call, names):
-        """On the clean rows, a group whose per-head slots were read through their aliases (checked) is called
-        unsplit: each such slot there is the block's residual stream, which the unsplit block reads anyway, so
-        the call computes the same shortcut (same start, same skipped blocks) without the per-head copies
-        (the same values to rounding, about 1e-6 relative). Every clean row still checks the shortcut; the split
-        call the engine runs, per-head writes and all, is checked on the structural rows."""
-        if not (self.unsplit_clean and self._aliases_checked
+        """On the clean rows, a group whose per-head slots were read through their aliases (checked) writes none
+        of them, and so runs unsplit (``_unsplit``): each such slot there is the block's residual stream, which
+        the unsplit block reads anyway, so the call computes the same shortcut (same start, same skipped blocks)
+        without the per-head copies (the same values to rounding, about 1e-6 relative). Every clean row still
+        checks the shortcut; the split call the engine runs, per-head writes and all, is checked on the
+        structural rows."""
+        if not (self.headless_unsplit and self._aliases_checked
                 and any(ref.hook in self.slot_aliases for name in names for ref in self.spec[name].slots.values())):
             return None
 
-        def unsplit(slot_inputs, inputs, names):
-            with self._unsplit(False):
+        def through_aliases(slot_inputs, inputs, names):
+            self._unwritten = self.slot_aliases  # so ``_many_once`` writes no head's input: the pass runs unsplit
+            try:
                 return call(slot_inputs, inputs, names)
-        return unsplit
+            finally:
+                self._unwritten = {}
+        return through_aliases
+
+    _unwritten: dict[str, str] = {}  # per-head hooks ``_many_once`` leaves alone (``_clean_rows_call``)
 
     @contextmanager
     def _skipping(self, layer: int):
@@ -399,11 +403,11 @@ class HookedAdapter(ModelAdapter):
 
     def _many_once(self, slot_inputs, names, call):
         parts: dict[str, list] = {}
-        unwritten = self.slot_aliases if self._split_off else {}  # unsplit, the block reads their alias itself
         for name in names:
             for slot, ref in self.spec[name].slots.items():
-                if ref.hook not in unwritten:
+                if ref.hook not in self._unwritten:
                     parts.setdefault(ref.hook, []).append((ref, (name, slot)))
+        split = any(ref.head is not None for refs in parts.values() for ref, _ in refs)  # a head's input written
         read = [name for name in names if self.spec[name].output is not None]
         returns = len(read) < len(names)
         store: dict[str, torch.Tensor] = {}
@@ -412,7 +416,7 @@ class HookedAdapter(ModelAdapter):
                  for name in read]
         hooks += [(hook, self._multi_writer(refs, slot_inputs)) for hook, refs in parts.items()]
         result = None
-        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+        with torch.no_grad(), self._unsplit(split), self.model.hooks(fwd_hooks=hooks):
             try:
                 result = call()
             except _Captured:
