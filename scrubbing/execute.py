@@ -193,7 +193,7 @@ class Engine:
                     value = parent_sum(key.parents, outputs, states) if isinstance(key, Prefix) else outputs[key]
                     if not bool(hit.all()):
                         value = value[hit.to(value.device)]
-                    _write(bank, layout.clean_size, key, where[hit].to(value.device), value)
+                    _write(bank, layout.clean_size, key, where[hit], value)
         self.seconds["clean_bank"] += time.perf_counter() - start_s
         return bank
 
@@ -224,7 +224,7 @@ class Engine:
             for feed in active:
                 rows = feed.dest[start:stop]
                 value = out[feed.site][:len(rows)]
-                _write(bank, layout.size, feed.site, rows.to(value.device), value)
+                _write(bank, layout.size, feed.site, rows, value)
         for feed in feeds:
             for request in feed.requests:
                 for total in request.sums.values():
@@ -370,8 +370,9 @@ def _release(total: "_Sum") -> None:
 
 
 def _write(bank: dict, size: dict, key, where, value: torch.Tensor) -> None:
-    """Put ``value`` at rows ``where`` of the key's bank, allocating it (``size[key]`` rows) on first use and
-    growing it (clean rows kept) where it was allocated smaller (for its clean rows only)."""
+    """Put ``value`` at rows ``where`` (a slice, or row indices on the CPU: checked there, with no device sync) of
+    the key's bank, allocating it (``size[key]`` rows) on first use and growing it (clean rows kept) where it was
+    allocated smaller (for its clean rows only)."""
     have = bank.get(key)
     if have is None or len(have) < size[key]:
         bank[key] = value.new_empty((size[key], *value.shape[1:]))
@@ -379,6 +380,8 @@ def _write(bank: dict, size: dict, key, where, value: torch.Tensor) -> None:
             bank[key][:len(have)] = have
     if isinstance(where, torch.Tensor) and len(where) > 1 and bool((where[1:] - where[:-1] == 1).all()):
         where = slice(int(where[0]), int(where[-1]) + 1)  # consecutive rows: a copy, not a scatter
+    elif isinstance(where, torch.Tensor):
+        where = where.to(value.device)
     bank[key][where] = value
 
 

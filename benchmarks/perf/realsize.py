@@ -267,7 +267,8 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=1000)
     parser.add_argument("--hypothesis", default="large", choices=["large", "small"])
-    parser.add_argument("--out", default="benchmarks/perf/realsize.json")
+    parser.add_argument("--out", help="where to write the results as JSON; default: benchmarks/perf/realsize.json "
+                                      "for the issue's shape and sizes (the defaults), nowhere for any other")
     parser.add_argument("--calibration-only", action="store_true",
                         help="in this process, at --refs references: the clean pass and calibration only")
     args = parser.parse_args()
@@ -288,8 +289,12 @@ def main() -> None:
         ratio = results[1]["peak_rss_mb"] / results[0]["peak_rss_mb"]
         print(f"peak RSS {results[1]['n_refs']}/{results[0]['n_refs']}: {ratio:.2f}", flush=True)
         results.append({"memory_ratio": ratio})
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    issue_shape = all(getattr(args, key) == parser.get_default(key)
+                      for key in ("sizes", "d_model", "ctx", "vocab", "hypothesis"))
+    out = args.out or ("benchmarks/perf/realsize.json" if issue_shape else None)
+    if out:
+        with open(out, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
