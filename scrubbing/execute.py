@@ -51,7 +51,7 @@ class Engine:
             raise ScrubError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}.")
         self.adapter = adapter
         self.data = data
-        self.inputs = data.inputs if device is None else data.inputs.to(device)
+        self.inputs = data.inputs.to(adapter.device if device is None else device)  # by default where the model is
         self.batch_size = batch_size
         self.chunk_refs = chunk_refs
         self.memory_budget = memory_budget

@@ -86,9 +86,9 @@ def scrub(
     except ValueError as err:
         raise ScrubError(str(err)) from None
     device = _usable_device(device)
-    if evaluator is not None:
-        refuse_ray_on(device)
     adapter, data = task.adapter, task.data
+    if evaluator is not None:
+        refuse_ray_on(device or adapter.device)
     if len(data) < MIN_REFS:
         raise ScrubError(f"task {task.name!r} has only {len(data)} examples; a run needs at least {MIN_REFS} "
                          "references for its intervals to mean anything. Use a larger dataset.")
@@ -110,8 +110,7 @@ def scrub(
                 f"only {len(search_refs)} of the {n} examples are left after {n_refs} references; {fix}, or run "
                 "only the random regime (regimes=['random'], --regimes random)."
             )
-        engine = Engine(adapter, data, batch_size=batch_size, chunk_refs=chunk_refs, device=adapter.device,
-                        memory_budget=memory_budget)
+        engine = Engine(adapter, data, batch_size=batch_size, chunk_refs=chunk_refs, memory_budget=memory_budget)
         scorer = Scorer(engine, task, bound, progress)
 
         model = scorer.clean(refs)

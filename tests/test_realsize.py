@@ -290,6 +290,27 @@ def test_a_bridge_call_splits_attention_only_where_a_heads_input_is_written():
     assert bridge.cfg.use_split_qkv_input
 
 
+def test_grouped_query_heads_share_an_unsplit_pass_when_nothing_is_written():
+    """Grouped-query heads that share a key/value input are written in separate passes; on the clean rows, where no
+    head's input is written, they share one: a Llama bridge makes as many unsplit passes in calibration as GPT-2."""
+    pytest.importorskip("transformers")
+    from benchmarks.perf.realsize import boot, tokens
+
+    unsplit = {}
+    for kind in ("gpt2", "llama"):
+        bridge = boot(kind, n_layers=2, n_heads=4, d_model=16, vocab=11, n_ctx=5)
+        adapter = HookedAdapter.for_bridge(bridge)
+        modes = []
+        handle = bridge.blocks[0].register_forward_pre_hook(
+            lambda module, args, modes=modes, bridge=bridge: modes.append(bridge.cfg.use_split_qkv_input))
+        try:
+            adapter.calibrate(tokens(32, 5, 11).inputs)
+        finally:
+            handle.remove()
+        unsplit[kind] = modes.count(False)
+    assert unsplit["llama"] == unsplit["gpt2"] > 3, unsplit
+
+
 class _WrongOnLateRows(HookedAdapter):
     """A bridge adapter whose block shortcuts that skip the earlier blocks are wrong on rows 16 and on: only the
     clean block (32 rows) reaches them; the structural blocks have 2 x 8 rows."""

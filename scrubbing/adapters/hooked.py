@@ -343,8 +343,9 @@ class HookedAdapter(ModelAdapter):
         of them, and so runs unsplit (``_unsplit``): each such slot there is the block's residual stream, which
         the unsplit block reads anyway, so the call computes the same shortcut (same start, same skipped blocks)
         without the per-head copies (the same values to rounding, about 1e-6 relative). Every clean row still
-        checks the shortcut; the split call the engine runs, per-head writes and all, is checked on the
-        structural rows."""
+        checks where the shortcut starts and which blocks it skips; the split call the engine runs, per-head
+        writes and all, is checked on the structural rows only (2m rows of the first chunk, their slots from
+        other examples: the per-head write path does not depend on the row)."""
         if not (self.headless_unsplit and self._aliases_checked
                 and any(ref.hook in self.slot_aliases for name in names for ref in self.spec[name].slots.values())):
             return None
@@ -388,7 +389,7 @@ class HookedAdapter(ModelAdapter):
         calls: as many as the most sites sharing one place."""
         rounds: list[tuple[list[str], set]] = []
         for name in names:
-            places = {(ref.hook, ref.head) for ref in self.spec[name].slots.values()}
+            places = {(ref.hook, ref.head) for ref in self.spec[name].slots.values() if ref.hook not in self._unwritten}
             for members, used in rounds:
                 if not places & used:
                     members.append(name)
