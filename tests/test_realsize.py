@@ -234,6 +234,22 @@ def test_bridge_architecture_scrubs_like_the_reference(kind):
     torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["neox", "llama"])
+def test_a_twelve_layer_bridge_scrubs_like_the_reference(kind):
+    """At depth, on each architecture beside GPT-2 (whose 12-layer case the hand-loop test covers): the IOI shape's
+    heads in layers 3 to 10, q/k/v edges, the engine against the published algorithm (which runs every site of
+    every tree instance from the input: about 6 s a reference here, hence 4)."""
+    pytest.importorskip("transformers")
+    from benchmarks.perf.realsize import boot, ioi_small, tokens
+
+    bridge = boot(kind, n_layers=12, n_heads=12, d_model=48, vocab=50, n_ctx=6)
+    data = tokens(96, 6, 50)
+    adapter = HookedAdapter.for_bridge(bridge)
+    adapter.calibrate(data.inputs[:64])
+    engine, reference = engine_and_reference(ioi_small(), adapter, data, torch.arange(4), seed=3, batch_size=64)
+    torch.testing.assert_close(engine, reference, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_bridge_calibration_reads_head_inputs_through_the_residual_stream(kind):
     """``for_bridge`` reads every head's q/k/v slot through its block's ``hook_resid_pre`` in an unsplit pass,
