@@ -713,6 +713,7 @@ class _ShortcutChecks:
         adapter = self.adapter
         contexts: dict[tuple, torch.Tensor] = {}  # each run's rows, concatenated once for every group
         clean = [block for block in blocks if block[0] == "clean"]
+        others = [block for block in blocks if block[0] != "clean"]
         for k in range(self.depth + 1):
             for g, (call, members) in enumerate(self.groups):
                 names = [name for name in members if name in self.options and self.current(name) == ("group", k, g)]
@@ -720,7 +721,7 @@ class _ShortcutChecks:
                     continue
                 cheaper = adapter._clean_rows_call(call, names)
                 runs = ([(call, blocks, "group")] if cheaper is None else
-                        [(cheaper, clean, "group clean"), (call, [b for b in blocks if b[0] != "clean"], "group")])
+                        [(cheaper, clean, "group clean"), (call, others, "group")])
                 pieces: list | None = []
                 for fn, part, what in (run for run in runs if run[1]):
                     got = self._group_call(fn, part, names, what, contexts)
